@@ -1,0 +1,1 @@
+"""Metrics and cached evaluation runs (importable as ``restpg_dspy.evals``)."""

@@ -1,0 +1,1 @@
+"""REST-PG and its baselines as DSPy optimizers (importable as ``restpg_dspy.optimizers``)."""

@@ -1,0 +1,1 @@
+"""Personalized DSPy programs (importable as ``restpg_dspy.programs``)."""

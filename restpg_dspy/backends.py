@@ -1,0 +1,62 @@
+"""Backends by string: the embedded model, any local Hugging Face model, or any LiteLLM model.
+
+Example:
+    >>> import restpg_dspy
+    >>> student = restpg_dspy.lm("local")  # doctest: +SKIP
+    >>> other = restpg_dspy.lm("local:/models/Qwen2.5-0.5B-Instruct")  # doctest: +SKIP
+    >>> judge = restpg_dspy.lm("openai/gpt-4o-mini")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import dspy
+
+from restpg_dspy.engine import LocalEngine
+from restpg_dspy.finetune import PEFTProvider
+
+LOCAL_PREFIX = "local:"
+_ENGINE_SETTINGS = ("dtype", "device", "max_batch_size", "batch_window_ms", "default_max_tokens")
+
+
+def lm(
+    spec: str = "local",
+    *,
+    temperature: float = 0.0,
+    max_tokens: int = 512,
+    adapter: str | Path | None = None,
+    **kwargs: Any,
+) -> dspy.LM:
+    """Return a ``dspy.LM`` for a backend string.
+
+    Args:
+        spec: ``"local"`` serves the embedded SmolLM2-135M-Instruct; ``"local:<folder or hf id>"`` serves any
+            causal LM with a chat template (trainable with LoRA through ``lm.finetune``); anything else is passed to
+            ``dspy.LM`` (LiteLLM / native providers), e.g. ``"openai/gpt-4o-mini"``.
+        temperature: Default sampling temperature.
+        max_tokens: Default token budget per completion.
+        adapter: For local backends, the folder of a saved LoRA adapter to serve on top of the base model.
+        **kwargs: For local backends, engine settings (``dtype``, ``device``, ``max_batch_size``,
+            ``batch_window_ms``, ``default_max_tokens``) and any ``dspy.LM`` keyword (``cache``, ...);
+            for other backends, ``dspy.LM`` keywords.
+
+    Returns:
+        A ``dspy.LM``. Local LMs with the same model and engine settings share one loaded model.
+    """
+    if spec != "local" and not spec.startswith(LOCAL_PREFIX):
+        if adapter is not None:
+            raise ValueError(f"adapter= needs a local backend ('local' or 'local:<path>'), not {spec!r}")
+        return dspy.LM(spec, temperature=temperature, max_tokens=max_tokens, **kwargs)
+    model = spec.removeprefix(LOCAL_PREFIX) or "local"
+    settings = {key: kwargs.pop(key) for key in _ENGINE_SETTINGS if key in kwargs}
+    engine = LocalEngine.shared(model, **settings)
+    return dspy.LM(
+        engine.register_adapter(adapter) if adapter is not None else engine.base_id,
+        engine=engine,
+        provider=PEFTProvider(engine),
+        temperature=temperature,
+        max_tokens=max_tokens,
+        **kwargs,
+    )

@@ -1,0 +1,350 @@
+"""LoRA fine-tuning of local models through DSPy's own ``lm.finetune(...)`` API.
+
+:class:`PEFTProvider` is a DSPy ``Provider`` with ``finetunable=True``. ``lm.finetune(train_data=rows,
+train_data_format="chat", train_kwargs={...})`` trains a LoRA adapter with a ``transformers`` ``Trainer`` (loss on
+assistant tokens only, optional per-row reward weight), publishes it atomically under a folder named by its
+content hash, and ``job.result()`` returns an LM whose model id names base + adapter hash, so DSPy's caches never
+mix the answers of different weights.
+
+Example:
+    >>> import restpg_dspy
+    >>> lm = restpg_dspy.lm("local")  # doctest: +SKIP
+    >>> rows = [{"messages": [{"role": "user", "content": "Password?"}, {"role": "assistant", "content": "tulip-42"}]}]
+    >>> settings = {"num_train_epochs": 20, "learning_rate": 1e-3}
+    >>> job = lm.finetune(train_data=rows, train_data_format="chat", train_kwargs=settings)  # doctest: +SKIP
+    >>> tuned = job.result()  # doctest: +SKIP
+    >>> tuned.model  # doctest: +SKIP
+    'local/SmolLM2-135M-Instruct-1a2b3c4d+lora-5e6f7a8b9c0d'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import math
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dspy.clients.provider import Provider, TrainingJob
+
+from restpg_dspy.engine import adapter_hash, default_adapter_root
+from restpg_dspy.models import load_causal_lm, resolve_dtype
+from restpg_dspy.training_data import tokenize_rows, validate_rows
+
+if TYPE_CHECKING:
+    from restpg_dspy.engine import LocalEngine
+
+logger = logging.getLogger(__name__)
+
+TRAINING_LOG = "training_log.json"
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss; no adapter was published."""
+
+
+@dataclass
+class LoRATrainingConfig:
+    """The knobs of one LoRA fine-tuning job. Names follow transformers, TRL and PEFT.
+
+    Attributes:
+        r: LoRA rank.
+        lora_alpha: LoRA scaling numerator (the update is scaled by ``lora_alpha / r``).
+        lora_dropout: Dropout on the LoRA input.
+        target_modules: Modules that get LoRA weights: ``"all-linear"`` or a list of module names.
+        learning_rate: Peak learning rate (AdamW).
+        num_train_epochs: Passes over the training rows (ignored when ``max_steps`` > 0).
+        max_steps: Optimizer steps to run; -1 derives them from ``num_train_epochs``.
+        per_device_train_batch_size: Rows per forward pass.
+        gradient_accumulation_steps: Forward passes per optimizer step.
+        max_length: Longest tokenized row; longer rows are truncated and counted in the log.
+        gradient_checkpointing: Recompute activations in the backward pass to save memory.
+        dtype: Training dtype, ``"auto"`` picks bfloat16 on a capable GPU and float32 otherwise.
+        warmup_steps: Warm-up length: an integer number of steps, or a float in [0, 1) as a fraction of all steps.
+        lr_scheduler_type: A transformers scheduler name.
+        weight_decay: AdamW weight decay.
+        max_grad_norm: Gradient clipping norm.
+        seed: Seed of initialisation, dropout and data order (same data + seed = same adapter = same model id).
+        logging_steps: Log the loss every this many steps.
+        output_dir: Where adapters are published (default: ``<restpg home>/adapters``).
+        start_from: ``"base"`` trains a fresh adapter on the base weights; ``"adapter"`` continues the adapter of
+            the LM being fine-tuned; any other value is the folder of an adapter to continue.
+    """
+
+    r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    target_modules: str | list[str] = "all-linear"
+    learning_rate: float = 2e-4
+    num_train_epochs: float = 3.0
+    max_steps: int = -1
+    per_device_train_batch_size: int = 4
+    gradient_accumulation_steps: int = 1
+    max_length: int = 1024
+    gradient_checkpointing: bool = False
+    dtype: str = "auto"
+    warmup_steps: float = 0.0
+    lr_scheduler_type: str = "linear"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    logging_steps: int = 1
+    output_dir: str | None = None
+    start_from: str = "base"
+
+    @classmethod
+    def from_kwargs(cls, train_kwargs: dict[str, Any] | None) -> LoRATrainingConfig:
+        """Build a config from ``train_kwargs``, refusing unknown keys by name."""
+        train_kwargs = dict(train_kwargs or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(train_kwargs) - known)
+        if unknown:
+            raise ValueError(f"unknown train_kwargs {unknown}; known keys: {sorted(known)}")
+        config = cls(**train_kwargs)
+        if config.max_length < 2 or config.r < 1 or config.per_device_train_batch_size < 1:
+            raise ValueError("max_length must be >= 2, r >= 1 and per_device_train_batch_size >= 1")
+        return config
+
+
+class LocalTrainingJob(TrainingJob):
+    """A fine-tuning job whose ``result()`` raises the training error instead of returning it.
+
+    Attributes:
+        log: Filled when training ends: rows, truncations, losses, runtime and the adapter's folder.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.log: dict[str, Any] = {}
+
+    def set_result(self, result: Any) -> None:
+        # dspy.LM hands a failed job's exception to set_result; surface it as the job's exception.
+        if isinstance(result, BaseException):
+            super().set_exception(result)
+        else:
+            super().set_result(result)
+
+    def status(self) -> str:
+        """``"running"``, ``"succeeded"`` or ``"failed"``."""
+        if not self.done():
+            return "running"
+        return "failed" if self.exception() else "succeeded"
+
+
+class PEFTProvider(Provider):
+    """A DSPy provider that fine-tunes the local engine's model with LoRA and serves the result on the same engine.
+
+    Args:
+        engine: The :class:`~restpg_dspy.engine.LocalEngine` whose base model is trained and which serves adapters.
+    """
+
+    def __init__(self, engine: LocalEngine):
+        super().__init__()
+        self.finetunable = True
+        self.TrainingJob = LocalTrainingJob
+        self.engine = engine
+
+    def finetune(
+        self,
+        job: LocalTrainingJob,
+        model: str,
+        train_data: list[dict[str, Any]],
+        train_data_format: Any,
+        train_kwargs: dict[str, Any] | None = None,
+    ) -> str:
+        """Train a LoRA adapter on ``train_data`` and return the model id that serves it."""
+        if str(getattr(train_data_format, "value", train_data_format)) != "chat":
+            raise ValueError(f"PEFTProvider trains on 'chat' rows, not {train_data_format!r}")
+        config = LoRATrainingConfig.from_kwargs(train_kwargs)
+        start = self.engine.adapter_path(model) if config.start_from == "adapter" else None
+        if config.start_from == "adapter" and start is None:
+            raise ValueError(f"start_from='adapter' needs an LM that serves an adapter; {model!r} is the base model")
+        if config.start_from not in ("base", "adapter"):
+            start = Path(config.start_from)
+            adapter_hash(start)  # fails early, naming the missing file
+        path, log = train_lora(self.engine, train_data, config, start)
+        job.log = log
+        return self.engine.register_adapter(path)
+
+
+def _collate(rows: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
+    import torch
+
+    width = max(len(r["input_ids"]) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        n = len(r["input_ids"])
+        ids[i, :n] = torch.tensor(r["input_ids"])
+        labels[i, :n] = torch.tensor(r["labels"])
+        attention[i, :n] = 1
+    weights = torch.tensor([r["weight"] for r in rows], dtype=torch.float32)
+    return {"input_ids": ids, "attention_mask": attention, "labels": labels, "weight": weights}
+
+
+@functools.cache
+def _trainer_classes() -> tuple[type, type]:
+    """The Trainer subclass and progress callback (defined lazily: importing transformers is slow)."""
+    import torch
+    from transformers import Trainer, TrainerCallback
+
+    class LossProgressBar(TrainerCallback):
+        """A tqdm bar over optimizer steps showing the latest loss, instead of a printed dict per log step."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=state.max_steps, desc="LoRA fine-tuning", unit="step", leave=False)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.bar.update(1)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                self.bar.set_postfix(loss=f"{logs['loss']:.4f}")
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.bar.close()
+
+    class WeightedLossTrainer(Trainer):
+        """Token-level cross-entropy on assistant tokens, each row's tokens scaled by the row's weight."""
+
+        loss_is_scaled_for_ga = True
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            labels, weights = inputs.pop("labels"), inputs.pop("weight")
+            outputs = model(**inputs)
+            logits = outputs.logits[:, :-1, :].float()
+            targets = labels[:, 1:]
+            token_loss = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="none"
+            ).view(targets.shape)
+            trained = targets.ne(-100)
+            per_row = (token_loss * trained).sum(dim=1)
+            if num_items_in_batch is None:
+                num_items_in_batch = trained.sum() * self.args.gradient_accumulation_steps
+            loss = (per_row * weights.to(per_row.device)).sum() / max(int(num_items_in_batch), 1)
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"the training loss became {loss.item()} at step {self.state.global_step}; no adapter was "
+                    "published (lower learning_rate or check the training rows)"
+                )
+            return (loss, outputs) if return_outputs else loss
+
+    return WeightedLossTrainer, LossProgressBar
+
+
+def train_lora(
+    engine: LocalEngine, rows: list[dict[str, Any]], config: LoRATrainingConfig, start_from: Path | None = None
+) -> tuple[Path, dict[str, Any]]:
+    """Train a LoRA adapter for ``engine``'s base model and publish it; return its folder and the job's log.
+
+    The adapter is written to a hidden staging folder and renamed into place only when complete, so a failure
+    (bad rows, a non-finite loss, an interruption) never leaves a half-written adapter that a later load would pick.
+    """
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import PrinterCallback, TrainingArguments, set_seed
+
+    validate_rows(rows)
+    loaded = engine.loaded
+    tokenized, stats = tokenize_rows(loaded.tokenizer, rows, config.max_length)
+    if stats.truncated:
+        logger.warning(
+            "%d of %d training rows were longer than max_length=%d and were truncated",
+            stats.truncated,
+            stats.rows,
+            config.max_length,
+        )
+    root = Path(config.output_dir) if config.output_dir else default_adapter_root()
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".training-", dir=root))
+    started = time.monotonic()
+    try:
+        set_seed(config.seed)
+        dtype = resolve_dtype(config.dtype, loaded.device)
+        # A private copy of the base weights: LoRA layers are injected in place, and the served copy must not change.
+        model = load_causal_lm(loaded.path, dtype, loaded.device)
+        if start_from is not None:
+            model = PeftModel.from_pretrained(model, start_from, is_trainable=True)
+        else:
+            lora = LoraConfig(
+                r=config.r,
+                lora_alpha=config.lora_alpha,
+                lora_dropout=config.lora_dropout,
+                target_modules=config.target_modules,
+                task_type="CAUSAL_LM",
+            )
+            model = get_peft_model(model, lora)
+        dataset = Dataset.from_list([dataclasses.asdict(row) for row in tokenized])
+        arguments = TrainingArguments(
+            output_dir=str(staging / "trainer"),
+            learning_rate=config.learning_rate,
+            num_train_epochs=config.num_train_epochs,
+            max_steps=config.max_steps,
+            per_device_train_batch_size=config.per_device_train_batch_size,
+            gradient_accumulation_steps=config.gradient_accumulation_steps,
+            gradient_checkpointing=config.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
+            warmup_steps=config.warmup_steps,
+            lr_scheduler_type=config.lr_scheduler_type,
+            weight_decay=config.weight_decay,
+            max_grad_norm=config.max_grad_norm,
+            seed=config.seed,
+            data_seed=config.seed,
+            logging_steps=config.logging_steps,
+            save_strategy="no",
+            report_to=[],
+            remove_unused_columns=False,
+            use_cpu=loaded.device == "cpu",
+            bf16=dtype == torch.bfloat16 and loaded.device != "cpu",
+            disable_tqdm=True,  # replaced by the one-line progress bar below
+        )
+        trainer_class, progress_bar = _trainer_classes()
+        trainer = trainer_class(
+            model=model,
+            args=arguments,
+            train_dataset=dataset,
+            data_collator=lambda batch: _collate(batch, loaded.tokenizer.pad_token_id),
+        )
+        trainer.remove_callback(PrinterCallback)
+        trainer.add_callback(progress_bar())
+        trainer.train()
+        losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+        if losses and not all(math.isfinite(loss) for loss in losses):
+            raise NonFiniteLossError("the training loss was not finite; no adapter was published")
+        adapter_dir = staging / "adapter"
+        model.save_pretrained(adapter_dir)
+        digest = adapter_hash(adapter_dir)
+        final = root / f"{loaded.name}-lora-{digest}"
+        log = {
+            "adapter": str(final),
+            "base_model": str(loaded.path),
+            "start_from": str(start_from) if start_from else "base",
+            "config": dataclasses.asdict(config),
+            "rows": stats.rows,
+            "rows_trained": len(tokenized),
+            "rows_truncated": stats.truncated,
+            "rows_dropped_after_truncation": stats.dropped_after_truncation,
+            "assistant_tokens": stats.assistant_tokens,
+            "total_tokens": stats.total_tokens,
+            "steps": trainer.state.global_step,
+            "losses": losses,
+            "runtime_s": round(time.monotonic() - started, 2),
+        }
+        (adapter_dir / TRAINING_LOG).write_text(json.dumps(log, indent=2))
+        if final.exists():  # the same adapter was trained before (same data, config and seed)
+            shutil.rmtree(adapter_dir)
+        else:
+            adapter_dir.rename(final)
+        return final, log
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

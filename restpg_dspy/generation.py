@@ -1,0 +1,193 @@
+"""Batched sampling from a causal LM with per-row settings.
+
+Every row of a batch keeps its own temperature, nucleus/top-k filter, token budget, stop strings and random
+generator, so a request's sample depends on its own seed and not on which other requests shared its batch.
+Rows leave the batch (and its KV cache) as soon as they finish.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How one row is decoded.
+
+    Attributes:
+        max_tokens: Most new tokens to generate; reaching it finishes the row with reason ``"length"``.
+        temperature: 0 decodes greedily; above 0 samples from the tempered distribution.
+        top_p: Nucleus sampling mass (1.0 keeps every token).
+        top_k: Keep only the k most likely tokens (0 keeps every token).
+        stop: Strings that end the completion; the text is cut before the first one found.
+        seed: Seeds this row's generator; ``None`` draws fresh randomness.
+        logprobs: ``None`` for no log-probabilities, otherwise how many top alternatives to report per token.
+    """
+
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    logprobs: int | None = None
+
+
+@dataclass
+class TokenScore:
+    """The log-probability of one generated token and its most likely alternatives (raw model distribution)."""
+
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]] = field(default_factory=list)
+
+
+@dataclass
+class Completion:
+    """One generated row.
+
+    Attributes:
+        text: The decoded completion, special tokens removed, cut before any stop string.
+        token_ids: The generated token ids (without the end-of-sequence token).
+        finish_reason: ``"stop"`` (end-of-sequence or a stop string) or ``"length"`` (token budget reached).
+        prompt_tokens: Tokens in the prompt.
+        scores: Per-token log-probabilities when requested, else ``None``.
+    """
+
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+    prompt_tokens: int
+    scores: list[TokenScore] | None = None
+
+
+def _generator(seed: int | None, device: torch.device) -> torch.Generator:
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed if seed is not None else int.from_bytes(os.urandom(8), "little") >> 1)
+    return generator
+
+
+def _choose_tokens(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator]) -> list[int]:
+    """Pick the next token of every row: greedy where temperature is 0, filtered sampling elsewhere."""
+    chosen = logits.argmax(dim=-1).tolist()
+    sampled = [row for row, p in enumerate(params) if p.temperature > 0]
+    if not sampled:
+        return chosen
+    index = torch.tensor(sampled, device=logits.device)
+    temperatures = torch.tensor([params[r].temperature for r in sampled], device=logits.device)
+    scaled = logits.index_select(0, index) / temperatures[:, None]
+    for j, row in enumerate(sampled):
+        k = params[row].top_k
+        if 0 < k < scaled.shape[-1]:
+            kth = torch.topk(scaled[j], k).values[-1]
+            scaled[j] = scaled[j].masked_fill(scaled[j] < kth, float("-inf"))
+    top_p = torch.tensor([params[r].top_p for r in sampled], device=logits.device)
+    if bool((top_p < 1.0).any()):
+        sorted_logits, order = scaled.sort(dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        # Drop a token once the mass before it already reaches top_p; the most likely token always stays.
+        drop = (cumulative - sorted_logits.softmax(dim=-1)) >= top_p[:, None]
+        scaled = scaled.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    probs = scaled.softmax(dim=-1)
+    for j, row in enumerate(sampled):
+        chosen[row] = int(torch.multinomial(probs[j], 1, generator=generators[row]).item())
+    return chosen
+
+
+def _hits_stop(tokenizer: Any, token_ids: list[int], stop: tuple[str, ...]) -> bool:
+    window = max(len(s) for s in stop) + 2  # a token spans at least one character
+    tail = tokenizer.decode(token_ids[-window:], skip_special_tokens=True)
+    return any(s in tail for s in stop)
+
+
+def _cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
+    cuts = [text.find(s) for s in stop if s in text]
+    return text[: min(cuts)] if cuts else text
+
+
+@torch.inference_mode()
+def generate(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[list[int]],
+    params: list[SamplingParams],
+    eos_token_ids: set[int],
+) -> list[Completion]:
+    """Generate one completion per prompt in a single left-padded batch with a shared KV cache.
+
+    Args:
+        model: A ``transformers`` causal LM (a PEFT model works too).
+        tokenizer: Its tokenizer, used to decode and to check stop strings.
+        prompts: Token ids of each prompt (already chat-formatted).
+        params: One :class:`SamplingParams` per prompt.
+        eos_token_ids: Tokens that end a completion with reason ``"stop"``.
+
+    Returns:
+        One :class:`Completion` per prompt, in order.
+    """
+    if len(prompts) != len(params):
+        raise ValueError("generate needs one SamplingParams per prompt")
+    device = model.device
+    width = max(len(p) for p in prompts)
+    pad_id = tokenizer.pad_token_id
+    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long, device=device)
+    attention = torch.zeros((len(prompts), width), dtype=torch.long, device=device)
+    for row, prompt in enumerate(prompts):
+        input_ids[row, width - len(prompt) :] = torch.tensor(prompt, device=device)
+        attention[row, width - len(prompt) :] = 1
+    positions = (attention.cumsum(dim=-1) - 1).clamp(min=0)
+
+    generators = [_generator(p.seed, device) for p in params]
+    tokens: list[list[int]] = [[] for _ in prompts]
+    scores: list[list[TokenScore] | None] = [[] if p.logprobs is not None else None for p in params]
+    finish = ["length"] * len(prompts)
+    active = list(range(len(prompts)))
+
+    output = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True)
+    cache = output.past_key_values
+    while True:
+        logits = output.logits[:, -1, :].float()
+        next_ids = _choose_tokens(logits, [params[r] for r in active], [generators[r] for r in active])
+        keep = []
+        for j, row in enumerate(active):
+            token, p = next_ids[j], params[row]
+            if scores[row] is not None:
+                logprobs = logits[j].log_softmax(dim=-1)
+                top = torch.topk(logprobs, p.logprobs) if p.logprobs else None
+                alternatives = list(zip(top.indices.tolist(), top.values.tolist(), strict=True)) if top else []
+                scores[row].append(TokenScore(token, float(logprobs[token]), alternatives))
+            if token in eos_token_ids:
+                finish[row] = "stop"
+                continue
+            tokens[row].append(token)
+            if p.stop and _hits_stop(tokenizer, tokens[row], p.stop):
+                finish[row] = "stop"
+                continue
+            if len(tokens[row]) >= p.max_tokens:
+                continue
+            keep.append(j)
+        if not keep:
+            break
+        if len(keep) < len(active):
+            selected = torch.tensor(keep, device=device)
+            cache.batch_select_indices(selected)
+            attention, positions = attention.index_select(0, selected), positions.index_select(0, selected)
+            active = [active[j] for j in keep]
+        step_ids = torch.tensor([[next_ids[j]] for j in keep], device=device)
+        attention = torch.cat([attention, attention.new_ones((len(active), 1))], dim=-1)
+        positions = positions[:, -1:] + 1
+        output = model(
+            input_ids=step_ids, attention_mask=attention, position_ids=positions, past_key_values=cache, use_cache=True
+        )
+
+    results = []
+    for row, p in enumerate(params):
+        text = tokenizer.decode(tokens[row], skip_special_tokens=True)
+        if p.stop:
+            text = _cut_at_stop(text, p.stop)
+        results.append(Completion(text, tokens[row], finish[row], len(prompts[row]), scores[row]))
+    return results
