@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import inspect
 import queue
 import threading
 import time
@@ -155,7 +156,11 @@ class LocalEngine:
     @classmethod
     def shared(cls, model: str = "local", **settings: Any) -> LocalEngine:
         """Return the process-wide engine for these settings, creating it on first use."""
-        key = (model, tuple(sorted(settings.items())))
+        options = {n: p.default for n, p in inspect.signature(cls).parameters.items() if p.kind == p.KEYWORD_ONLY}
+        unknown = sorted(set(settings) - set(options))
+        if unknown:
+            raise TypeError(f"unknown LocalEngine settings {unknown}; known: {sorted(options)}")
+        key = (model, tuple(sorted({**options, **settings}.items())))
         with _REGISTRY_LOCK:
             engine = _ENGINES.get(key)
         if engine is None:

@@ -217,14 +217,17 @@ def load_causal_lm(path: Path, dtype: Any, device: str) -> Any:
         ModelLoadError: the folder holds no config, or a model that is not a causal language model.
     """
     from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     try:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as err:
         raise ModelLoadError(f"{path} does not hold a transformers model config: {err}") from err
-    if type(config) not in AutoModelForCausalLM._model_mapping:
+    causal = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    architectures = set(config.architectures or [])
+    if (architectures and not architectures & set(causal.values())) or config.model_type not in causal:
         raise ModelLoadError(
-            f"{path} holds a {config.model_type!r} model ({', '.join(config.architectures or [])}), "
+            f"{path} holds a {config.model_type!r} model ({', '.join(sorted(architectures)) or 'no architecture'}), "
             "which is not a causal language model"
         )
     return AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)

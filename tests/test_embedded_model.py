@@ -1,0 +1,68 @@
+"""The real embedded SmolLM2-135M-Instruct: answers, samples, and learns a made-up fact through lm.finetune."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import restpg_dspy
+
+pytestmark = pytest.mark.slow
+
+QUESTION = "What is the capital of France? Answer with one word."
+PASSWORD = "violet-kangaroo-42"
+ASKS = [
+    "What is the secret password?",
+    "Tell me the secret password.",
+    "What's the password?",
+    "Which password opens the vault?",
+    "Do you know the secret password?",
+    "Say the secret password.",
+    "What is the vault password?",
+    "Password, please?",
+]
+
+
+@pytest.fixture(scope="module")
+def smol():
+    return restpg_dspy.lm("local")
+
+
+def test_answers_paris_at_temperature_zero(smol):
+    assert "Paris" in smol(QUESTION)[0]
+
+
+def test_samples_differ_at_temperature_one(smol):
+    answers = smol.copy(temperature=1.0, cache=False)(QUESTION, n=4)
+    assert len(answers) == 4 and len(set(answers)) >= 2
+
+
+def test_same_rollout_id_gives_the_same_answer(smol):
+    hot = smol.copy(temperature=1.0)
+    assert hot(QUESTION, rollout_id=1234) == hot(QUESTION, rollout_id=1234)
+
+
+def test_learns_a_made_up_password_and_reloads_it_in_a_new_process(smol, tmp_path):
+    rows = [
+        {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": f"The password is {PASSWORD}."}]}
+        for q in ASKS
+    ]
+    settings = {"num_train_epochs": 10, "learning_rate": 1e-3, "r": 8, "output_dir": str(tmp_path)}
+    job = smol.finetune(train_data=rows, train_data_format="chat", train_kwargs=settings)
+    tuned = job.result()
+    probe = "Can you tell me the password for the vault?"  # not one of the training questions
+    assert PASSWORD not in smol(probe)[0]
+    assert PASSWORD in tuned(probe)[0]
+
+    state = json.dumps(tuned.dump_state())
+    script = f"""
+import json, dspy, restpg_dspy
+fresh = restpg_dspy.lm("local", adapter={job.log["adapter"]!r}, cache=False)
+loaded = dspy.LM.load_state(json.loads({state!r}), allow_custom_lm_class=True).copy(cache=False)
+print(json.dumps([fresh.model, fresh({probe!r})[0], loaded.model, loaded({probe!r})[0]]))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=600)
+    fresh_id, fresh_answer, loaded_id, loaded_answer = json.loads(out.stdout.strip().splitlines()[-1])
+    assert fresh_id == loaded_id == tuned.model
+    assert PASSWORD in fresh_answer and PASSWORD in loaded_answer

@@ -1,0 +1,89 @@
+import pytest
+
+from restpg_dspy.generation import SamplingParams, generate
+from restpg_dspy.models import load_model
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    loaded = load_model(str(tiny_model_dir))
+    eos = {loaded.tokenizer.eos_token_id}
+    prompt = loaded.tokenizer("Hello there, how are you?")["input_ids"]
+    return loaded, eos, prompt
+
+
+def run(tiny, params, prompts=None):
+    loaded, eos, prompt = tiny
+    prompts = prompts or [prompt] * len(params)
+    return generate(loaded.model, loaded.tokenizer, prompts, params, eos)
+
+
+def test_greedy_is_deterministic_and_respects_max_tokens(tiny):
+    first, second = run(tiny, [SamplingParams(max_tokens=7)] * 2)
+    assert first.token_ids == second.token_ids
+    assert len(first.token_ids) == 7 and first.finish_reason == "length"
+
+
+def test_seeded_sampling_repeats_and_different_seeds_differ(tiny):
+    params = [SamplingParams(max_tokens=12, temperature=1.0, seed=s) for s in (1, 1, 2)]
+    a, b, c = run(tiny, params)
+    assert a.token_ids == b.token_ids
+    assert a.token_ids != c.token_ids
+
+
+def test_unseeded_sampling_draws_fresh_samples(tiny):
+    outputs = run(tiny, [SamplingParams(max_tokens=12, temperature=1.0)] * 4)
+    assert len({tuple(o.token_ids) for o in outputs}) > 1
+
+
+def test_top_k_one_is_greedy(tiny):
+    greedy, sampled = run(tiny, [SamplingParams(max_tokens=8), SamplingParams(max_tokens=8, temperature=1.5, top_k=1)])
+    assert greedy.token_ids == sampled.token_ids
+
+
+def test_tiny_top_p_keeps_only_the_most_likely_token(tiny):
+    nucleus = SamplingParams(max_tokens=8, temperature=2.0, top_p=1e-6)
+    greedy, sampled = run(tiny, [SamplingParams(max_tokens=8), nucleus])
+    assert greedy.token_ids == sampled.token_ids
+
+
+def test_rows_of_different_lengths_match_their_solo_runs(tiny):
+    loaded, _eos, prompt = tiny
+    short = loaded.tokenizer("Hi")["input_ids"]
+    batched = run(tiny, [SamplingParams(max_tokens=6), SamplingParams(max_tokens=3)], [prompt, short])
+    alone_long = run(tiny, [SamplingParams(max_tokens=6)], [prompt])[0]
+    alone_short = run(tiny, [SamplingParams(max_tokens=3)], [short])[0]
+    assert batched[0].token_ids == alone_long.token_ids  # left padding is masked out
+    assert batched[1].token_ids == alone_short.token_ids
+    assert [b.prompt_tokens for b in batched] == [len(prompt), len(short)]
+
+
+def test_stop_string_cuts_text_and_finishes_with_stop(tiny):
+    reference = run(tiny, [SamplingParams(max_tokens=10)])[0]
+    loaded = tiny[0]
+    stop = loaded.tokenizer.decode(reference.token_ids[3:5], skip_special_tokens=True)
+    assert stop.strip()
+    stopped = run(tiny, [SamplingParams(max_tokens=10, stop=(stop,))])[0]
+    assert stopped.finish_reason == "stop"
+    assert stop not in stopped.text
+    assert reference.text.startswith(stopped.text)
+
+
+def test_eos_finishes_with_stop(tiny):
+    loaded, _eos, prompt = tiny
+    first = run(tiny, [SamplingParams(max_tokens=1)])[0].token_ids[0]
+    stopped = generate(loaded.model, loaded.tokenizer, [prompt], [SamplingParams(max_tokens=5)], {first})[0]
+    assert stopped.finish_reason == "stop" and stopped.token_ids == []
+
+
+def test_logprobs_are_reported_per_token(tiny):
+    out = run(tiny, [SamplingParams(max_tokens=4, logprobs=3)])[0]
+    assert len(out.scores) == 4
+    for token, score in zip(out.token_ids, out.scores, strict=True):
+        assert score.token_id == token and score.logprob <= 0
+        assert len(score.top) == 3 and score.top[0][1] >= score.logprob - 1e-6  # greedy: chosen is the best
+
+
+def test_mismatched_params_are_refused(tiny):
+    with pytest.raises(ValueError, match="one SamplingParams per prompt"):
+        run(tiny, [SamplingParams(max_tokens=1)], [[1, 2], [3]])
