@@ -1,0 +1,127 @@
+"""Personalized writers: retrieval over the user's profile, a reasoning step, and generation.
+
+Example:
+    >>> import dspy, restpg_dspy
+    >>> from restpg_dspy.programs import PersonalizedWriter
+    >>> from restpg_dspy.retrieval import BM25
+    >>> writer = PersonalizedWriter(retriever=BM25(k=2))
+    >>> profile = [{"text": "Hey all! Two kids keep me busy. Cheers, Sam", "date": "2024-03-01"}]
+    >>> with dspy.context(lm=restpg_dspy.lm("local")):  # doctest: +SKIP
+    ...     prediction = writer(request="Review the space heater you bought.", profile=profile)
+    >>> prediction.reasoning, prediction.response  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dspy
+
+from restpg_dspy.engine import LocalEngine
+from restpg_dspy.programs.adapter import CompletionAdapter
+from restpg_dspy.programs.profile import ProfileFormatter
+from restpg_dspy.programs.signatures import PersonalizedResponse, PersonalReasoning, PlainResponse, ProfileResponse
+from restpg_dspy.retrieval import BM25, Retriever
+from restpg_dspy.tasks import TASKS, TaskFormat, detect_task
+
+# Tokens kept free in a local model's context for instructions, the request, the reasoning and the answer.
+_CONTEXT_RESERVE = 512
+
+
+class PersonalizedProgram(dspy.Module):
+    """Shared parts of the writers: retrieval, profile rendering within budget, and the adapter each call uses.
+
+    Args:
+        retriever: Picks the profile items shown (default ``BM25(k=5)``); ``None`` shows none.
+        formatter: Renders items within a token budget (default ``ProfileFormatter()``).
+        task: A task name of :data:`restpg_dspy.tasks.TASKS`, a :class:`TaskFormat`, or ``None`` to detect it
+            from the profile.
+        adapter: The DSPy adapter for every predictor (default :class:`CompletionAdapter`, which small local
+            models need); pass ``dspy.ChatAdapter()`` to keep DSPy's format with API models.
+    """
+
+    def __init__(
+        self,
+        retriever: Retriever | None = None,
+        formatter: ProfileFormatter | None = None,
+        task: str | TaskFormat | None = None,
+        adapter: dspy.Adapter | None = None,
+    ):
+        super().__init__()
+        self.retriever = retriever
+        self.formatter = formatter or ProfileFormatter()
+        self.task = TASKS[task] if isinstance(task, str) else task
+        self.adapter = adapter or CompletionAdapter()
+
+    def retrieve(self, request: str, profile: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], TaskFormat]:
+        task = self.task or detect_task(profile)
+        return (self.retriever(request, profile, task) if self.retriever else []), task
+
+    def render_profile(self, items: list[dict[str, Any]], task: TaskFormat) -> str:
+        """The prompt section for ``items``, counted in the student model's tokens when it is local."""
+        lm = next((p.lm for p in self.predictors() if p.lm is not None), None) or dspy.settings.lm
+        engine = getattr(lm, "engine", None)
+        if isinstance(engine, LocalEngine):
+            room = engine.loaded.context_length - (lm.kwargs.get("max_tokens") or 0) - _CONTEXT_RESERVE
+            return self.formatter.render(items, task, engine.loaded.tokenizer, budget=max(room, 0))
+        return self.formatter.render(items, task)
+
+    def predict(self, predictor: dspy.Predict, **inputs: Any) -> dspy.Prediction:
+        """Call ``predictor`` through this program's adapter."""
+        with dspy.context(adapter=self.adapter):
+            return predictor(**inputs)
+
+    def describe(self) -> dict[str, Any]:
+        """Settings that change this program's outputs besides its prompts and LMs (for cache fingerprints)."""
+        return {
+            "program": type(self).__name__,
+            "retrieval": self.retriever.describe() if self.retriever else None,
+            "task": self.task.name if self.task else "auto",
+            "item_tokens": self.formatter.item_tokens,
+            "profile_tokens": self.formatter.profile_tokens,
+            "adapter": type(self.adapter).__name__,
+        }
+
+
+class PersonalizedWriter(PersonalizedProgram):
+    """REST-PG's program: retrieve → reason about the user → write from that reasoning.
+
+    Predictors: ``reason`` (request + profile → reasoning) and ``write`` (request + profile + reasoning → response).
+    Predictions carry ``reasoning``, ``response`` and the ``retrieved`` items.
+    """
+
+    def __init__(self, retriever: Retriever | None = None, **kwargs: Any):
+        super().__init__(retriever=retriever if retriever is not None else BM25(k=5), **kwargs)
+        self.reason = dspy.Predict(PersonalReasoning)
+        self.write = dspy.Predict(PersonalizedResponse)
+
+    def forward(self, request: str, profile: list[dict[str, Any]]) -> dspy.Prediction:
+        items, task = self.retrieve(request, profile)
+        shown = self.render_profile(items, task)
+        reasoning = self.predict(self.reason, request=request, profile=shown).reasoning
+        response = self.predict(self.write, request=request, profile=shown, reasoning=reasoning).response
+        return dspy.Prediction(reasoning=reasoning, response=response, retrieved=items)
+
+
+class RAGWriter(PersonalizedProgram):
+    """Retrieval-augmented baseline: retrieve → write, with no reasoning step (the ReST-EM program)."""
+
+    def __init__(self, retriever: Retriever | None = None, **kwargs: Any):
+        super().__init__(retriever=retriever if retriever is not None else BM25(k=5), **kwargs)
+        self.write = dspy.Predict(ProfileResponse)
+
+    def forward(self, request: str, profile: list[dict[str, Any]]) -> dspy.Prediction:
+        items, task = self.retrieve(request, profile)
+        response = self.predict(self.write, request=request, profile=self.render_profile(items, task)).response
+        return dspy.Prediction(response=response, retrieved=items)
+
+
+class NoPersonalization(PersonalizedProgram):
+    """Baseline that ignores the profile: the request alone → response."""
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(retriever=None, **kwargs)
+        self.write = dspy.Predict(PlainResponse)
+
+    def forward(self, request: str, profile: list[dict[str, Any]] | None = None) -> dspy.Prediction:
+        return dspy.Prediction(response=self.predict(self.write, request=request).response, retrieved=[])

@@ -1,0 +1,85 @@
+"""Per-task knowledge of profile items: which fields a prompt shows, which fields retrieval indexes, which is a date.
+
+Example:
+    >>> from restpg_dspy.tasks import detect_task
+    >>> detect_task([{"title": "On sparsity", "abstract": "We study ..."}]).name
+    'abstract_generation'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TaskFormat:
+    """How the profile items of one task are shown and searched.
+
+    Attributes:
+        name: Task name (LongLaMP's config prefix, ``"email"``, ``"synthetic"`` or ``"generic"``).
+        fields: ``(key, label)`` pairs shown in the prompt, in order; missing keys are skipped.
+        index_fields: Keys whose text retrieval matches against the request.
+        date_field: Key that orders items by time (for recency), if any.
+        aliases: Older key names accepted for a field (``{"summary": "input"}`` reads ``input`` when ``summary`` is
+            absent).
+    """
+
+    name: str
+    fields: tuple[tuple[str, str], ...]
+    index_fields: tuple[str, ...]
+    date_field: str | None = None
+    aliases: dict[str, str] = field(default_factory=dict)
+
+    def value(self, item: dict[str, Any], key: str) -> str:
+        """The text of ``key`` in ``item`` (through its alias when absent), or ``""``."""
+        value = item.get(key)
+        if value is None and key in self.aliases:
+            value = item.get(self.aliases[key])
+        return "" if value is None else str(value)
+
+    def index_text(self, item: dict[str, Any]) -> str:
+        """The text retrieval matches a request against."""
+        return " ".join(self.value(item, key) for key in self.index_fields).strip()
+
+    def render(self, item: dict[str, Any]) -> list[tuple[str, str]]:
+        """``(label, text)`` pairs to show for ``item``, skipping empty fields."""
+        shown = [(label, self.value(item, key)) for key, label in self.fields]
+        return [(label, text) for label, text in shown if text.strip()]
+
+
+TASKS: dict[str, TaskFormat] = {
+    "abstract_generation": TaskFormat(
+        "abstract_generation", (("title", "Title"), ("abstract", "Abstract")), ("title", "abstract"), "year"
+    ),
+    "product_review": TaskFormat(
+        "product_review",
+        (("overall", "Rating"), ("summary", "Summary"), ("reviewText", "Review")),
+        ("summary", "reviewText"),
+    ),
+    "topic_writing": TaskFormat(
+        "topic_writing",
+        (("summary", "Summary"), ("content", "Post")),
+        ("summary", "content"),
+        aliases={"summary": "input", "content": "output"},
+    ),
+    "email": TaskFormat("email", (("title", "Subject"), ("text", "Email")), ("title", "text")),
+    "synthetic": TaskFormat("synthetic", (("date", "Date"), ("text", "Post")), ("text",), "date"),
+}
+
+
+def detect_task(profile: list[dict[str, Any]]) -> TaskFormat:
+    """Guess the task from the keys of the first profile item; unknown shapes get a generic format."""
+    keys = set(profile[0]) if profile else set()
+    for name, signature_keys in (
+        ("abstract_generation", {"abstract"}),
+        ("product_review", {"reviewText"}),
+        ("topic_writing", {"content"}),
+        ("topic_writing", {"input", "output"}),
+        ("synthetic", {"text", "date"}),
+        ("email", {"text"}),
+    ):
+        if signature_keys <= keys:
+            return TASKS[name]
+    text_keys = tuple(sorted(k for k in keys if isinstance(profile[0][k], str)))
+    return TaskFormat("generic", tuple((k, k.replace("_", " ").capitalize()) for k in text_keys), text_keys)
