@@ -59,8 +59,8 @@ class CompletionAdapter(dspy.Adapter):
         sections = [f"{_title(name)}:\n{str(inputs.get(name, '')).strip()}" for name in signature.input_fields]
         output = self.output_name(signature)
         description = signature.output_fields[output].json_schema_extra.get("desc", "")
-        wanted = _title(output).lower() if not description or description.startswith("${") else description
-        sections.append(f"Write the {wanted.rstrip('.')}.")
+        detail = "" if not description or description.startswith("${") else f" ({description.rstrip('.')})"
+        sections.append(f"Write the {_title(output).lower()}{detail}.")
         return "\n\n".join(sections)
 
     def format_assistant_message_content(

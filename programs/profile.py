@@ -6,8 +6,9 @@ report how much of the users' writing its prompts really showed.
 Example:
     >>> from restpg_dspy.programs.profile import ProfileFormatter
     >>> from restpg_dspy.tasks import TASKS
-    >>> print(ProfileFormatter(item_tokens=4).render([{"text": "one two three four five six"}], TASKS["synthetic"]))
-    [1] Post: one two three …
+    >>> item = {"text": "one two three four five six seven eight nine ten"}
+    >>> print(ProfileFormatter(item_tokens=10).render([item], TASKS["synthetic"]))
+    [1] Post: one two three four …
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from restpg_dspy.tasks import TaskFormat
 
 EMPTY_PROFILE = "(This user has no earlier writing to draw on.)"
 _APPROXIMATE_TOKEN = re.compile(r"\w+|[^\w\s]")
+# Fewer tokens than this cannot show an item usefully (its marker and label alone take several).
+_SMALLEST_ITEM = 8
 
 
 def token_spans(text: str, tokenizer: Any = None) -> list[tuple[int, int]]:
@@ -33,11 +36,15 @@ def token_spans(text: str, tokenizer: Any = None) -> list[tuple[int, int]]:
 
 
 def truncate_tokens(text: str, limit: int, tokenizer: Any = None) -> tuple[str, bool]:
-    """``text`` cut to at most ``limit`` tokens (marked with an ellipsis), and whether it was cut."""
+    """``text`` cut to about ``limit`` tokens, the last one an ellipsis marking the cut, and whether it was cut."""
     spans = token_spans(text, tokenizer)
     if len(spans) <= limit:
         return text, False
-    return (text[: spans[limit - 1][1]].rstrip() + " …") if limit > 0 else "", True
+    for keep in range(limit - 1, 0, -1):  # the ellipsis may take more than one token: re-count
+        cut = text[: spans[keep - 1][1]].rstrip() + " …"
+        if len(token_spans(cut, tokenizer)) <= limit:
+            return cut, True
+    return "", True
 
 
 class ProfileFormatter:
@@ -62,17 +69,21 @@ class ProfileFormatter:
     ) -> str:
         """Render ``items`` for ``task``; ``budget`` lowers the section's token limit (e.g. to fit a context)."""
         limit = min(self.profile_tokens, budget) if budget is not None else self.profile_tokens
-        blocks, used, counts = [], 0, Counter(prompts=1)
+        blocks, counts = [], Counter(prompts=1)
         for item in items:
             text = "\n".join(f"{label}: {value.strip()}" for label, value in task.render(item))
-            text, cut = truncate_tokens(text, min(self.item_tokens, limit - used), tokenizer)
-            if not text:
+            shown = "\n\n".join([*blocks, ""]) if blocks else ""
+            room = min(self.item_tokens, limit - len(token_spans(shown, tokenizer)))
+            block, cut = truncate_tokens(f"[{len(blocks) + 1}] {text}", room, tokenizer)
+            overflow = len(token_spans(shown + block, tokenizer)) - limit  # tokens can merge across the seam
+            if overflow > 0:
+                block, cut = truncate_tokens(block, room - overflow, tokenizer)[0], True
+            if room < _SMALLEST_ITEM or not block:
                 counts["items_dropped"] += 1
                 continue
-            used += len(token_spans(text, tokenizer))
             counts["items_truncated"] += cut
             counts["items_shown"] += 1
-            blocks.append(f"[{len(blocks) + 1}] {text}")
+            blocks.append(block)
         if not items:
             counts["empty_profiles"] += 1
         with self._lock:

@@ -1,4 +1,7 @@
-"""The signatures of personalized generation: one output field each, so small models need no format obedience."""
+"""The signatures of personalized generation: one output field each, so small models need no format obedience.
+
+Inputs are ordered profile first and request last: small models attend most to the end of their prompt.
+"""
 
 import dspy
 
@@ -8,25 +11,25 @@ class PersonalReasoning(dspy.Signature):
     what in their life or background matters for this request, and how they write (greeting, tone, length,
     favourite phrases, sign-off). Do not write the answer itself."""
 
-    request: str = dspy.InputField(desc="what the user wants written")
     profile: str = dspy.InputField(desc="the user's earlier writing, most relevant first")
+    request: str = dspy.InputField(desc="what the user wants written")
     reasoning: str = dspy.OutputField(desc="bullet points about this user's preferences, background and style")
 
 
 class PersonalizedResponse(dspy.Signature):
     """Write what the user asked for, exactly as this user would write it, following the notes about them."""
 
-    request: str = dspy.InputField(desc="what the user wants written")
     profile: str = dspy.InputField(desc="the user's earlier writing, most relevant first")
     reasoning: str = dspy.InputField(desc="notes about this user's preferences, background and style")
+    request: str = dspy.InputField(desc="what the user wants written")
     response: str = dspy.OutputField(desc="the text, written in this user's voice")
 
 
 class ProfileResponse(dspy.Signature):
     """Write what the user asked for, exactly as this user would write it, drawing on their earlier writing."""
 
-    request: str = dspy.InputField(desc="what the user wants written")
     profile: str = dspy.InputField(desc="the user's earlier writing, most relevant first")
+    request: str = dspy.InputField(desc="what the user wants written")
     response: str = dspy.OutputField(desc="the text, written in this user's voice")
 
 
@@ -43,7 +46,7 @@ class HindsightReasoning(dspy.Signature):
     earlier writing explains the text they wrote. Do not copy or mention the written text itself: write notes that
     someone who had not seen it could use to write it."""
 
-    request: str = dspy.InputField(desc="what the user wanted written")
     profile: str = dspy.InputField(desc="the user's earlier writing, most relevant first")
+    request: str = dspy.InputField(desc="what the user wanted written")
     expected_output: str = dspy.InputField(desc="what the user actually wrote (never quote it)")
     reasoning: str = dspy.OutputField(desc="bullet points about this user's preferences, background and style")

@@ -24,7 +24,8 @@ from restpg_dspy.programs.signatures import PersonalizedResponse, PersonalReason
 from restpg_dspy.retrieval import BM25, Retriever
 from restpg_dspy.tasks import TASKS, TaskFormat, detect_task
 
-# Tokens kept free in a local model's context for instructions, the request, the reasoning and the answer.
+# Tokens kept free in a local model's context for instructions, the request and the reasoning (at most a quarter
+# of the context), besides the answer's max_tokens.
 _CONTEXT_RESERVE = 512
 
 
@@ -62,7 +63,8 @@ class PersonalizedProgram(dspy.Module):
         lm = next((p.lm for p in self.predictors() if p.lm is not None), None) or dspy.settings.lm
         engine = getattr(lm, "engine", None)
         if isinstance(engine, LocalEngine):
-            room = engine.loaded.context_length - (lm.kwargs.get("max_tokens") or 0) - _CONTEXT_RESERVE
+            context = engine.loaded.context_length
+            room = context - (lm.kwargs.get("max_tokens") or 0) - min(_CONTEXT_RESERVE, context // 4)
             return self.formatter.render(items, task, engine.loaded.tokenizer, budget=max(room, 0))
         return self.formatter.render(items, task)
 

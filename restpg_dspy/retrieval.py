@@ -52,6 +52,10 @@ class Retriever:
         order = np.argsort(-scores, kind="stable")[: self.k]
         return [profile[i] for i in order]
 
+    def __deepcopy__(self, memo: dict) -> Retriever:
+        # Program copies (one per thread in dspy.Parallel/Evaluate) share the retriever and its index cache.
+        return self
+
     def _index(self, profile: Profile, task: TaskFormat) -> Any:
         # Keyed by identity: the same profile object is passed for every request of a user. The entry keeps a
         # reference to the profile, so its id cannot be reused by another list while the entry lives.

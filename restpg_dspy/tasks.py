@@ -64,7 +64,7 @@ TASKS: dict[str, TaskFormat] = {
         aliases={"summary": "input", "content": "output"},
     ),
     "email": TaskFormat("email", (("title", "Subject"), ("text", "Email")), ("title", "text")),
-    "synthetic": TaskFormat("synthetic", (("date", "Date"), ("text", "Post")), ("text",), "date"),
+    "synthetic": TaskFormat("synthetic", (("text", "Post"),), ("text",), "date"),
 }
 
 

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import dspy
 import pytest
 
 import restpg_dspy
@@ -66,3 +67,28 @@ print(json.dumps([fresh.model, fresh({probe!r})[0], loaded.model, loaded({probe!
     fresh_id, fresh_answer, loaded_id, loaded_answer = json.loads(out.stdout.strip().splitlines()[-1])
     assert fresh_id == loaded_id == tuned.model
     assert PASSWORD in fresh_answer and PASSWORD in loaded_answer
+
+
+def run_writer(smol, examples):
+    from restpg_dspy.programs import PersonalizedWriter
+    from restpg_dspy.retrieval import BM25
+
+    writer = PersonalizedWriter(retriever=BM25(k=2))
+    with dspy.context(lm=smol.copy(max_tokens=64)):
+        predictions = writer.batch(examples, num_threads=len(examples), disable_progress_bar=True)
+    for prediction in predictions:
+        assert prediction.reasoning.strip() and prediction.response.strip()
+        assert len(prediction.retrieved) == 2
+    assert writer.formatter.stats["items_shown"] == 2 * len(examples)  # k items per example, shared by both steps
+
+
+def test_personalized_writer_on_synthetic_users(smol):
+    from restpg_dspy.data import synthetic
+
+    run_writer(smol, synthetic("test", seed=0)[:3])
+
+
+def test_personalized_writer_on_the_longlamp_sample(smol, shared_sample):
+    from restpg_dspy.data import load_longlamp
+
+    run_writer(smol, load_longlamp("abstract_generation", "val", path=shared_sample, limit=2))

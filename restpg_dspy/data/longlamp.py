@@ -96,7 +96,7 @@ def records_to_examples(records: list[dict[str, Any]], source: str) -> list[dspy
                 )
         example_id = str(record.get("id", f"{source}:{index}"))
         user_id = next((str(record[key]) for key in USER_KEYS if record.get(key) not in (None, "")), example_id)
-        extras = {k: v for k, v in record.items() if k not in ("id", "input", "output", "profile")}
+        extras = {k: v for k, v in record.items() if k not in ("id", "user_id", "input", "output", "profile")}
         examples.append(
             dspy.Example(
                 id=example_id,
