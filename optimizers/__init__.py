@@ -1,1 +1,16 @@
-"""REST-PG and its baselines as DSPy optimizers (importable as ``restpg_dspy.optimizers``)."""
+"""REST-PG and its baselines as DSPy optimizers (importable as ``restpg_dspy.optimizers``).
+
+==================  ==============================  =====================  ===================
+optimizer           stages                          program                paper row
+==================  ==============================  =====================  ===================
+``SFT``             fine-tune on real outputs       ``RAGWriter``          SFT
+``SFTWithReasoning`` teacher reasoning + SFT         ``PersonalizedWriter`` SFT + reasoning
+``ReSTEM``          SFT + EM self-training          ``RAGWriter``          ReST-EM
+``RESTPG``          reasoning + SFT + EM rounds     ``PersonalizedWriter`` REST-PG
+==================  ==============================  =====================  ===================
+"""
+
+from restpg_dspy.optimizers.restpg import RESTPG, SFT, ReSTEM, SFTWithReasoning
+from restpg_dspy.optimizers.run_dir import RunDir, RunDirConflict
+
+__all__ = ["RESTPG", "SFT", "ReSTEM", "RunDir", "RunDirConflict", "SFTWithReasoning"]

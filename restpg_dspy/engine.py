@@ -169,6 +169,10 @@ class LocalEngine:
                 engine = _ENGINES.setdefault(key, engine)
         return engine
 
+    def __deepcopy__(self, memo: dict) -> LocalEngine:
+        # An engine is a shared service (a loaded model, a batching thread): program copies share it.
+        return self
+
     @property
     def base_id(self) -> str:
         """Model id of the base weights, e.g. ``local/SmolLM2-135M-Instruct-1a2b3c4d``."""

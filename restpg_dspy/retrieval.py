@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
 from typing import Any
@@ -94,6 +95,7 @@ class BM25(Retriever):
     def build_index(self, texts: list[str], profile: Profile, task: TaskFormat) -> Any:
         import bm25s
 
+        logging.getLogger("bm25s").setLevel(logging.WARNING)  # bm25s sets its own logger to DEBUG on import
         tokens = bm25s.tokenize(texts, stopwords="en", show_progress=False)
         if not tokens.vocab:
             return (None, len(texts))  # only stop words: all items score equally, profile order wins

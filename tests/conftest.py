@@ -34,7 +34,7 @@ def tiny_model_dir(tmp_path_factory, embedded_path) -> Path:
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=256,
+        max_position_embeddings=1024,
         tie_word_embeddings=True,
         initializer_range=0.2,
         bos_token_id=tokenizer.bos_token_id,

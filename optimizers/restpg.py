@@ -1,0 +1,558 @@
+"""REST-PG: reasoning-enhanced self-training for personalized generation (Salemi et al. 2025) as a DSPy optimizer.
+
+Stages (each one can be switched off; the baselines are such configurations):
+
+1. **Hindsight reasoning**: a teacher LM sees the request, the profile the program retrieved and the text the user
+   really wrote, and writes notes on the user that explain it without quoting it.
+2. **SFT**: the student LM is fine-tuned (``lm.finetune``) on the program's own prompts: the reasoning predictor on the
+   teacher's notes, the response predictor on the real output given those notes.
+3. **EM rounds**: the current program samples ``samples_per_input`` full traces per input at ``temperature``; only
+   the final response is scored by the metric; the best traces per input are kept (``threshold``,
+   ``top_fraction``, ``max_per_input``) and a reward-weighted fine-tune on them gives the next model (a fresh
+   adapter from the base weights by default).
+
+Every stage writes readable state into ``run_dir``; re-running the same compile resumes where it stopped.
+
+Example:
+    >>> import restpg_dspy
+    >>> from restpg_dspy.data import synthetic
+    >>> from restpg_dspy.optimizers import RESTPG
+    >>> from restpg_dspy.programs import PersonalizedWriter
+    >>> optimizer = RESTPG(rounds=2, samples_per_input=8, run_dir="runs/demo")
+    >>> program = PersonalizedWriter()
+    >>> program.set_lm(restpg_dspy.lm("local"))  # doctest: +SKIP
+    >>> compiled = optimizer.compile(program, trainset=synthetic("train"), valset=synthetic("val"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import statistics
+import tempfile
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from typing import Any
+
+import dspy
+from dspy.teleprompt import Teleprompter
+from tqdm.auto import tqdm
+
+from restpg_dspy.engine import LocalEngine
+from restpg_dspy.optimizers.run_dir import RunDir
+from restpg_dspy.optimizers.traces import (
+    Trace,
+    forced,
+    output_field,
+    predictor_lms,
+    record,
+    trace_rows,
+    with_lms,
+    without_lms,
+)
+from restpg_dspy.programs.signatures import HindsightReasoning
+
+logger = logging.getLogger(__name__)
+
+Metric = Callable[..., float]
+
+
+class RESTPG(Teleprompter):
+    """Train a personalized program's LM with reasoning paths and reward-filtered self-training.
+
+    Args:
+        metric: Reward ``metric(example, prediction, trace=None) -> float`` on the final response (default ROUGE-L).
+        rounds: EM rounds (0 stops after SFT).
+        samples_per_input: Traces sampled per training input in each E-step.
+        temperature: Sampling temperature of the E-step.
+        top_p: Nucleus mass of the E-step.
+        threshold: Keep traces with reward >= threshold (``None``: no absolute cut-off).
+        top_fraction: Keep at most this fraction of each input's samples, best first (``None``: no limit).
+        max_per_input: Keep at most this many distinct traces per input.
+        restart_from_base: Each M-step trains a fresh adapter from the base weights (else it continues the last one).
+        run_dir: Where state is written and resumed from (default: a new temporary folder).
+        train_kwargs: Fine-tuning settings passed to ``lm.finetune`` (for the local provider see
+            ``restpg_dspy.finetune.LoRATrainingConfig``). Adapters go to ``<run_dir>/adapters`` unless set.
+        num_threads: Concurrent program runs (the local engine batches them).
+        teacher_reasoning: Stage 1 on (the program needs a predictor whose output is ``reasoning_field``).
+        sft: Stage 2 on.
+        reward_weighted: Weight each kept trace by its reward (normalised to mean 1) in the M-step.
+        teacher_retries: Extra attempts per example when the teacher fails or answers nothing.
+        seed: Seeds the samples (each sample's seed derives from it, the example id, the round and its index).
+        reasoning_field: Output field of the reasoning predictor.
+        target_field: Field of the examples that holds what the user really wrote.
+        verbose: Progress bars and a one-line summary per stage.
+    """
+
+    def __init__(
+        self,
+        metric: Metric | None = None,
+        *,
+        rounds: int = 3,
+        samples_per_input: int = 32,
+        temperature: float = 0.7,
+        top_p: float = 1.0,
+        threshold: float | None = None,
+        top_fraction: float | None = None,
+        max_per_input: int = 10,
+        restart_from_base: bool = True,
+        run_dir: str | None = None,
+        train_kwargs: dict[str, Any] | None = None,
+        num_threads: int = 16,
+        teacher_reasoning: bool = True,
+        sft: bool = True,
+        reward_weighted: bool = True,
+        teacher_retries: int = 2,
+        seed: int = 0,
+        reasoning_field: str = "reasoning",
+        target_field: str = "output",
+        verbose: bool = True,
+    ):
+        super().__init__()
+        if metric is None:
+            from restpg_dspy.evals import rouge_l
+
+            metric = rouge_l
+        if rounds < 0 or samples_per_input < 1 or max_per_input < 1:
+            raise ValueError("rounds must be >= 0, samples_per_input and max_per_input >= 1")
+        if top_fraction is not None and not 0 < top_fraction <= 1:
+            raise ValueError("top_fraction must be in (0, 1]")
+        self.metric = metric
+        self.rounds = rounds
+        self.samples_per_input = samples_per_input
+        self.temperature = temperature
+        self.top_p = top_p
+        self.threshold = threshold
+        self.top_fraction = top_fraction
+        self.max_per_input = max_per_input
+        self.restart_from_base = restart_from_base
+        self.run_dir = run_dir
+        self.train_kwargs = dict(train_kwargs or {})
+        self.num_threads = num_threads
+        self.teacher_reasoning = teacher_reasoning
+        self.sft = sft
+        self.reward_weighted = reward_weighted
+        self.teacher_retries = teacher_retries
+        self.seed = seed
+        self.reasoning_field = reasoning_field
+        self.target_field = target_field
+        self.verbose = verbose
+
+    # --- compile --------------------------------------------------------------------------------------------
+
+    def compile(
+        self,
+        student: dspy.Module,
+        *,
+        trainset: list[dspy.Example],
+        teacher: dspy.LM | None = None,
+        valset: list[dspy.Example] | None = None,
+    ) -> dspy.Module:
+        """Run the enabled stages and return the student on its best fine-tuned LM.
+
+        Args:
+            student: The program; its predictors' LM (or the configured LM) must be fine-tunable.
+            trainset: Examples with the program's inputs and ``target_field``.
+            teacher: LM that writes hindsight reasoning (default: the student's LM).
+            valset: Scored after every stage with ``metric``; the best stage's program is returned.
+
+        Returns:
+            A copy of ``student`` on the chosen LM, with ``restpg_history`` (per-stage summaries) attached.
+        """
+        if not trainset:
+            raise ValueError("trainset is empty: REST-PG needs training examples")
+        for index, example in enumerate(trainset):
+            if not isinstance(example.get(self.target_field), str):
+                raise ValueError(
+                    f"training example {index} ({example.get('id', 'no id')}) has no '{self.target_field}'"
+                )
+        lms = predictor_lms(student)
+        base = _single_lm(lms)
+        if not getattr(base.provider, "finetunable", False):
+            raise ValueError(
+                f"the student's LM {base.model!r} cannot be fine-tuned (its provider is not finetunable); use "
+                "restpg_dspy.lm('local') or an LM with a fine-tuning provider"
+            )
+        template = without_lms(student)
+        names = dict(template.named_predictors())
+        reasoning_names = {n for n, p in names.items() if output_field(p) == self.reasoning_field}
+        if self.teacher_reasoning and not reasoning_names:
+            raise ValueError(
+                f"teacher_reasoning=True needs a predictor with output '{self.reasoning_field}' "
+                "(e.g. PersonalizedWriter); use SFT or ReSTEM for programs without one"
+            )
+        if not self.teacher_reasoning and self.sft and reasoning_names:
+            raise ValueError(
+                f"SFT without teacher reasoning cannot supervise the reasoning predictor(s) "
+                f"{sorted(reasoning_names)}; use a program without one (e.g. RAGWriter) or enable teacher_reasoning"
+            )
+        teacher = teacher or base
+        run = RunDir(
+            self.run_dir or tempfile.mkdtemp(prefix="restpg-run-"), self._config(student, base, teacher, trainset)
+        )
+        train_kwargs = {"output_dir": str(run.path / "adapters"), **self.train_kwargs}
+        self._log(f"REST-PG run directory: {run.path}")
+
+        def program_on(lm: dspy.LM) -> dspy.Module:
+            return with_lms(template, lambda _: lm)
+
+        history: list[dict[str, Any]] = []
+        candidates: list[tuple[dspy.Module, dict[str, Any]]] = []
+        current_lm = base
+        reasoning = (
+            self._hindsight_reasoning(template, trainset, teacher, run, reasoning_names)
+            if self.teacher_reasoning
+            else {}
+        )
+        if self.sft:
+            rows = []
+            for example in trainset:
+                if self.teacher_reasoning and example.id not in reasoning:
+                    continue
+                _, trace = forced(template, example.inputs().toDict(), self._gold(example, reasoning, reasoning_names))
+                rows += [row for _, row in trace_rows(template, trace)]
+            current_lm = self._fine_tune(run, "sft", base, base, rows, train_kwargs)
+            entry = {"stage": "sft", "model": current_lm.model, "rows": len(rows)}
+            candidates.append(self._validate(program_on(current_lm), valset, entry, run))
+            history.append(entry)
+            self._summary(entry)
+
+        for round_number in range(1, self.rounds + 1):
+            stage = f"round_{round_number}"
+            samples = self._sample(program_on(current_lm), trainset, round_number, run)
+            kept = self._select(samples)
+            run.write_jsonl(f"{stage}/kept.jsonl", kept)
+            entry = {"stage": stage, **self._round_stats(samples, kept)}
+            if not kept:
+                entry["skipped"] = "no sample passed the selection; the previous model is kept"
+                history.append(entry)
+                self._summary(entry)
+                continue
+            rows = [row for sample in kept for _, row in trace_rows(template, sample["trace"], sample["weight"])]
+            start = base if self.restart_from_base else current_lm
+            current_lm = self._fine_tune(run, stage, base, start, rows, train_kwargs)
+            entry.update(model=current_lm.model, rows=len(rows))
+            candidates.append(self._validate(program_on(current_lm), valset, entry, run))
+            history.append(entry)
+            run.write_json(f"{stage}/metrics.json", entry)
+            self._summary(entry)
+
+        run.write_json("history.json", history)
+        if not candidates:
+            compiled = program_on(current_lm)
+        elif valset:
+            compiled = max(candidates, key=lambda c: c[1]["val_score"])[0]
+        else:
+            compiled = candidates[-1][0]
+        compiled.restpg_history = history
+        compiled.restpg_run_dir = str(run.path)
+        return compiled
+
+    # --- stage 1: hindsight reasoning --------------------------------------------------------------------------
+
+    def _hindsight_reasoning(
+        self,
+        template: dspy.Module,
+        trainset: list[dspy.Example],
+        teacher: dspy.LM,
+        run: RunDir,
+        reasoning_names: set[str],
+    ) -> dict[str, str]:
+        done = {row["id"]: row for row in run.read_jsonl("teacher_reasoning.jsonl")}
+        todo = [example for example in trainset if example.id not in done]
+        adapter = getattr(template, "adapter", None)
+        hindsight = dspy.Predict(HindsightReasoning)
+        hindsight.lm = teacher
+
+        def explain(example: dspy.Example) -> dict[str, Any]:
+            errors = []
+            for attempt in range(self.teacher_retries + 1):
+                try:
+
+                    def output_for(name: str, inputs: dict[str, Any], attempt: int = attempt) -> str:
+                        if name not in reasoning_names:
+                            return example[self.target_field]
+                        with dspy.context(adapter=adapter or dspy.settings.adapter):
+                            notes = hindsight(
+                                request=inputs.get("request", ""),
+                                profile=inputs.get("profile", ""),
+                                expected_output=example[self.target_field],
+                                config={"rollout_id": attempt} if attempt else {},
+                            ).reasoning
+                        if not notes or not notes.strip():
+                            raise ValueError("the teacher returned empty reasoning")
+                        return notes.strip()
+
+                    _, trace = forced(template, example.inputs().toDict(), output_for)
+                    notes = next(
+                        c["outputs"][self.reasoning_field] for c in trace if self.reasoning_field in c["outputs"]
+                    )
+                    return {"id": example.id, "reasoning": notes, "attempts": attempt + 1}
+                except Exception as err:  # retried, then recorded and skipped: one bad example is not fatal
+                    errors.append(f"{type(err).__name__}: {err}")
+            return {"id": example.id, "error": errors[-1], "attempts": len(errors)}
+
+        for row in self._parallel(
+            explain, todo, "teacher reasoning", lambda row: run.append_jsonl("teacher_reasoning.jsonl", row)
+        ):
+            done[row["id"]] = row
+        reasoning = {i: row["reasoning"] for i, row in done.items() if "reasoning" in row}
+        failed = len(trainset) - len(reasoning)
+        self._log(
+            f"teacher reasoning: {len(reasoning)} examples, {failed} skipped after {self.teacher_retries + 1} tries"
+        )
+        if not reasoning:
+            raise RuntimeError(
+                f"the teacher produced no reasoning for any example; see {run.path / 'teacher_reasoning.jsonl'}"
+            )
+        return reasoning
+
+    def _gold(self, example: dspy.Example, reasoning: dict[str, str], reasoning_names: set[str]):
+        """Forced outputs: the teacher's notes for reasoning predictors, the real output for the others."""
+
+        def output_for(name: str, inputs: dict[str, Any]) -> str:
+            return reasoning[example.id] if name in reasoning_names else example[self.target_field]
+
+        return output_for
+
+    # --- stage 3: E-step ------------------------------------------------------------------------------------
+
+    def _sample(self, program: dspy.Module, trainset: list[dspy.Example], round_number: int, run: RunDir) -> list[dict]:
+        name = f"round_{round_number}/samples.jsonl"
+        done = {(row["id"], row["index"]): row for row in run.read_jsonl(name)}
+        template = without_lms(program)
+        lms = predictor_lms(program)
+        jobs = [(e, i) for e in trainset for i in range(self.samples_per_input) if (e.id, i) not in done]
+
+        def draw(job: tuple[dspy.Example, int]) -> dict[str, Any]:
+            example, index = job
+            seed = _seed(self.seed, example.id, round_number, index)
+            copies = {
+                n: lm.copy(temperature=self.temperature, top_p=self.top_p, seed=seed, rollout_id=seed)
+                for n, lm in lms.items()
+            }
+            row: dict[str, Any] = {"id": example.id, "index": index, "seed": seed}
+            try:
+                prediction, trace = record(with_lms(template, copies.__getitem__), example.inputs().toDict())
+            except Exception as err:
+                return {**row, "error": f"program failed: {type(err).__name__}: {err}"}
+            row["trace"] = trace
+            row["truncated"] = any(
+                getattr(entry.get("response"), "finish_reason", None) == "length"
+                for lm in copies.values()
+                for entry in lm.history
+            )
+            try:
+                row["reward"] = float(self.metric(example, prediction))
+                if not math.isfinite(row["reward"]):
+                    raise ValueError(f"non-finite reward {row['reward']}")
+            except Exception as err:
+                row["reward"] = None
+                row["error"] = f"metric failed: {type(err).__name__}: {err}"
+            return row
+
+        for row in self._parallel(
+            draw, jobs, f"round {round_number}: sampling", lambda row: run.append_jsonl(name, row)
+        ):
+            done[(row["id"], row["index"])] = row
+        return [done[key] for key in sorted(done, key=lambda k: (str(k[0]), k[1]))]
+
+    def _select(self, samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        by_input: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for sample in samples:
+            if sample.get("reward") is not None:
+                by_input[sample["id"]].append(sample)
+        kept = []
+        for rows in by_input.values():
+            rows.sort(key=lambda s: (-s["reward"], s["index"]))
+            limit = self.max_per_input
+            if self.top_fraction is not None:
+                limit = min(limit, max(1, math.floor(self.top_fraction * len(rows))))
+            seen: set[str] = set()
+            chosen = []
+            for sample in rows:
+                if self.threshold is not None and sample["reward"] < self.threshold:
+                    break
+                key = json.dumps([c["outputs"] for c in sample["trace"]], sort_keys=True)
+                if key in seen:  # identical traces would only over-weight one answer
+                    continue
+                seen.add(key)
+                chosen.append(sample)
+                if len(chosen) == limit:
+                    break
+            kept += chosen
+        mean = statistics.fmean(s["reward"] for s in kept) if kept else 0.0
+        for sample in kept:
+            sample["weight"] = sample["reward"] / mean if self.reward_weighted and mean > 0 else 1.0
+        return kept
+
+    def _round_stats(self, samples: list[dict[str, Any]], kept: list[dict[str, Any]]) -> dict[str, Any]:
+        rewards = sorted(s["reward"] for s in samples if s.get("reward") is not None)
+        inputs = {s["id"] for s in samples}
+        kept_inputs = {s["id"] for s in kept}
+
+        def quantile(q: float) -> float:
+            return rewards[min(len(rewards) - 1, int(q * len(rewards)))] if rewards else float("nan")
+
+        return {
+            "samples": len(samples),
+            "failed": sum(1 for s in samples if s.get("reward") is None),
+            "reward_mean": round(statistics.fmean(rewards), 4) if rewards else None,
+            "reward_median": round(quantile(0.5), 4) if rewards else None,
+            "reward_p90": round(quantile(0.9), 4) if rewards else None,
+            "kept": len(kept),
+            "keep_rate": round(len(kept) / len(rewards), 4) if rewards else 0.0,
+            "inputs_without_kept": len(inputs - kept_inputs),
+            "truncation_rate": round(sum(1 for s in samples if s.get("truncated")) / len(samples), 4)
+            if samples
+            else 0.0,
+        }
+
+    # --- M-step ---------------------------------------------------------------------------------------------
+
+    def _fine_tune(
+        self, run: RunDir, stage: str, base: dspy.LM, start: dspy.LM, rows: list[dict], train_kwargs: dict[str, Any]
+    ) -> dspy.LM:
+        done = run.read_json(f"{stage}/model.json")
+        if done is not None:
+            return _restore_lm(base, done)
+        run.write_jsonl(f"{stage}/rows.jsonl", rows)
+        kwargs = dict(train_kwargs)
+        if start is not base:
+            kwargs["start_from"] = "adapter"
+        self._log(f"{stage}: fine-tuning {start.model} on {len(rows)} rows")
+        job = start.finetune(train_data=rows, train_data_format="chat", train_kwargs=kwargs)
+        tuned = job.result()
+        if isinstance(tuned, Exception):  # providers that hand the error back instead of raising it
+            raise tuned
+        log = getattr(job, "log", {}) or {}
+        run.write_json(f"{stage}/model.json", {"model": tuned.model, "adapter": log.get("adapter"), "training": log})
+        return tuned
+
+    # --- validation, helpers ------------------------------------------------------------------------------
+
+    def _validate(
+        self, program: dspy.Module, valset: list[dspy.Example] | None, entry: dict[str, Any], run: RunDir
+    ) -> tuple[dspy.Module, dict[str, Any]]:
+        if valset:
+
+            def score(example: dspy.Example) -> float:
+                try:
+                    return float(self.metric(example, program(**example.inputs().toDict())))
+                except Exception:
+                    return 0.0
+
+            scores = self._parallel(score, valset, f"{entry['stage']}: validation")
+            entry["val_score"] = round(statistics.fmean(scores), 4)
+        return program, entry
+
+    def _parallel(
+        self,
+        function: Callable[[Any], Any],
+        items: list[Any],
+        description: str,
+        on_result: Callable[[Any], None] | None = None,
+    ) -> list[Any]:
+        """Run ``function`` over ``items`` on ``num_threads`` threads; ``on_result`` runs in the worker as soon as
+        each result exists (so an interruption loses nothing finished). On an error, pending items are cancelled."""
+        if not items:
+            return []
+
+        def run(item: Any) -> Any:
+            result = function(item)
+            if on_result is not None:
+                on_result(result)
+            return result
+
+        results = []
+        pool = ThreadPoolExecutor(max_workers=self.num_threads)
+        try:
+            futures = [pool.submit(run, item) for item in items]
+            for future in tqdm(as_completed(futures), total=len(futures), desc=description, disable=not self.verbose):
+                results.append(future.result())
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        return results
+
+    def _config(self, student: dspy.Module, base: dspy.LM, teacher: dspy.LM, trainset: list[dspy.Example]) -> dict:
+        data = hashlib.sha256(
+            json.dumps([[str(e.get("id")), e.get(self.target_field)] for e in trainset]).encode()
+        ).hexdigest()[:16]
+        settings = {k: v for k, v in vars(self).items() if k not in ("metric", "run_dir", "num_threads", "verbose")}
+        return {
+            **settings,
+            "metric": getattr(self.metric, "__qualname__", type(self.metric).__name__),
+            "student": {
+                "program": type(student).__name__,
+                "describe": student.describe() if hasattr(student, "describe") else None,
+                "predictors": {n: p.signature.instructions for n, p in student.named_predictors()},
+            },
+            "student_lm": base.model,
+            "teacher_lm": teacher.model,
+            "trainset": data,
+        }
+
+    def _log(self, message: str) -> None:
+        logger.info(message)
+        if self.verbose:
+            tqdm.write(message)
+
+    def _summary(self, entry: dict[str, Any]) -> None:
+        fields = [
+            "reward_mean",
+            "reward_median",
+            "reward_p90",
+            "keep_rate",
+            "inputs_without_kept",
+            "truncation_rate",
+            "val_score",
+            "rows",
+            "skipped",
+        ]
+        self._log(f"[{entry['stage']}] " + "  ".join(f"{k}={entry[k]}" for k in fields if k in entry))
+
+
+class SFT(RESTPG):
+    """Supervised fine-tuning on the users' real outputs, no reasoning, no self-training (use with ``RAGWriter``)."""
+
+    def __init__(self, metric: Metric | None = None, **kwargs: Any):
+        super().__init__(metric, **{**kwargs, "teacher_reasoning": False, "rounds": 0})
+
+
+class SFTWithReasoning(RESTPG):
+    """Stages 1–2: SFT on teacher hindsight reasoning + real outputs, no self-training (``PersonalizedWriter``)."""
+
+    def __init__(self, metric: Metric | None = None, **kwargs: Any):
+        super().__init__(metric, **{**kwargs, "rounds": 0})
+
+
+class ReSTEM(RESTPG):
+    """SFT then reward-filtered self-training without reasoning (Singh et al. 2024; use with ``RAGWriter``)."""
+
+    def __init__(self, metric: Metric | None = None, **kwargs: Any):
+        super().__init__(metric, **{**kwargs, "teacher_reasoning": False})
+
+
+def _single_lm(lms: dict[str, dspy.LM]) -> dspy.LM:
+    distinct = {lm.model for lm in lms.values()}
+    if len(distinct) > 1:
+        raise ValueError(f"REST-PG trains one student LM shared by all predictors; these use several: {lms}")
+    return next(iter(lms.values()))
+
+
+def _restore_lm(base: dspy.LM, done: dict[str, Any]) -> dspy.LM:
+    engine = getattr(base, "engine", None)
+    if isinstance(engine, LocalEngine) and done.get("adapter"):
+        engine.register_adapter(done["adapter"])
+    return base.copy(model=done["model"])
+
+
+def _seed(seed: int, example_id: Any, round_number: int, index: int) -> int:
+    digest = hashlib.sha256(f"{seed}:{example_id}:{round_number}:{index}".encode()).hexdigest()
+    return int(digest[:8], 16)
+
+
+__all__ = ["RESTPG", "SFT", "ReSTEM", "SFTWithReasoning", "Trace"]
