@@ -171,7 +171,7 @@ class RESTPG(Teleprompter):
                 )
         lms = predictor_lms(student)
         base = _single_lm(lms)
-        if not getattr(base.provider, "finetunable", False):
+        if not getattr(getattr(base, "provider", None), "finetunable", False):
             raise ValueError(
                 f"the student's LM {base.model!r} cannot be fine-tuned (its provider is not finetunable); use "
                 "restpg_dspy.lm('local') or an LM with a fine-tuning provider"

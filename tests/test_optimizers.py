@@ -1,0 +1,222 @@
+import json
+
+import dspy
+import pytest
+from dspy.lm15 import Message, Response, ServerError, TextPart, Usage
+
+from restpg_dspy.data import synthetic
+from restpg_dspy.evals import rouge_l
+from restpg_dspy.optimizers import RESTPG, SFT, ReSTEM, RunDirConflict, SFTWithReasoning
+from restpg_dspy.programs import PersonalizedWriter, RAGWriter
+from restpg_dspy.retrieval import BM25
+
+TRAIN = {"max_steps": 2, "learning_rate": 1e-2, "r": 4}
+
+
+def sample(example_id, index, reward, text=None):
+    text = text or f"answer {index}"
+    return {
+        "id": example_id,
+        "index": index,
+        "reward": reward,
+        "trace": [{"predictor": "write", "outputs": {"response": text}}],
+    }
+
+
+@pytest.fixture
+def trainset():
+    return synthetic("train", seed=0, users=3, requests_per_user=1)
+
+
+@pytest.fixture
+def writer(tiny_lm):
+    program = PersonalizedWriter(retriever=BM25(k=2))
+    program.set_lm(tiny_lm.copy(max_tokens=8))
+    return program
+
+
+def optimizer(run_dir, **kwargs):
+    settings = {"rounds": 1, "samples_per_input": 3, "train_kwargs": TRAIN, "num_threads": 8, "verbose": False}
+    return RESTPG(run_dir=str(run_dir), **{**settings, **kwargs})
+
+
+# --- selection -------------------------------------------------------------------------------------------------
+
+
+def test_threshold_keeps_only_good_samples_and_normalises_weights():
+    samples = [sample("a", 0, 0.9), sample("a", 1, 0.2), sample("a", 2, 0.5), sample("b", 0, 0.1)]
+    kept = RESTPG(threshold=0.5)._select(samples)
+    assert [(s["id"], s["reward"]) for s in kept] == [("a", 0.9), ("a", 0.5)]
+    assert [round(s["weight"], 4) for s in kept] == [round(0.9 / 0.7, 4), round(0.5 / 0.7, 4)]
+    assert all(s["weight"] == 1.0 for s in RESTPG(threshold=0.5, reward_weighted=False)._select(samples))
+
+
+def test_cap_top_fraction_and_duplicates_per_input():
+    samples = [sample("a", i, r) for i, r in enumerate([0.1, 0.8, 0.7, 0.6, 0.5])]
+    assert [s["reward"] for s in RESTPG(max_per_input=2)._select(samples)] == [0.8, 0.7]
+    assert [s["reward"] for s in RESTPG(top_fraction=0.4)._select(samples)] == [0.8, 0.7]
+    duplicates = [sample("a", 0, 0.9, "same"), sample("a", 1, 0.9, "same"), sample("a", 2, 0.3, "other")]
+    assert [s["index"] for s in RESTPG()._select(duplicates)] == [0, 2]
+    failed = [{"id": "a", "index": 0, "reward": None, "error": "metric failed"}]
+    assert RESTPG()._select(failed) == []
+
+
+# --- a whole compile on the tiny model ------------------------------------------------------------------------
+
+
+def test_compile_writes_a_readable_run_and_trains_each_stage(writer, trainset, tmp_path):
+    compiled = optimizer(tmp_path, rounds=2).compile(writer, trainset=trainset, valset=trainset[:2])
+    assert [entry["stage"] for entry in compiled.restpg_history] == ["sft", "round_1", "round_2"]
+    models = {entry["model"] for entry in compiled.restpg_history}
+    assert len(models) == 3 and all(m.startswith(writer.reason.lm.model + "+lora-") for m in models)
+    assert compiled.write.lm.model in models and "val_score" in compiled.restpg_history[0]
+
+    reasoning = [json.loads(line) for line in (tmp_path / "teacher_reasoning.jsonl").read_text().splitlines()]
+    assert {row["id"] for row in reasoning} == {e.id for e in trainset}
+    sft_rows = [json.loads(line) for line in (tmp_path / "sft/rows.jsonl").read_text().splitlines()]
+    assert len(sft_rows) == 2 * len(trainset)  # a reasoning row and a response row per example
+    gold = {e.output for e in trainset}
+    assert sum(row["messages"][-1]["content"] in gold for row in sft_rows) == len(trainset)
+
+    samples = [json.loads(line) for line in (tmp_path / "round_1/samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 3 * len(trainset)
+    assert len({s["seed"] for s in samples}) == len(samples)  # every sample has its own seed and rollout id
+    responses = {json.dumps(s["trace"][-1]["outputs"]) for s in samples}
+    assert len(responses) > len(trainset)  # samples of one input differ
+    assert all(s["trace"][0]["predictor"] == "reason" and s["trace"][1]["predictor"] == "write" for s in samples)
+
+    kept = [json.loads(line) for line in (tmp_path / "round_1/kept.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (tmp_path / "round_1/rows.jsonl").read_text().splitlines()]
+    assert sorted(r["weight"] for r in rows) == sorted(k["weight"] for k in kept for _ in range(2))
+    training = json.loads((tmp_path / "round_2/model.json").read_text())["training"]
+    assert training["start_from"] == "base"
+    metrics = json.loads((tmp_path / "round_1/metrics.json").read_text())
+    assert {"reward_mean", "reward_median", "reward_p90", "keep_rate", "inputs_without_kept", "truncation_rate"} <= set(
+        metrics
+    )
+
+
+def test_continue_training_starts_from_the_previous_adapter(writer, trainset, tmp_path):
+    optimizer(tmp_path, restart_from_base=False).compile(writer, trainset=trainset)
+    sft = json.loads((tmp_path / "sft/model.json").read_text())
+    round_1 = json.loads((tmp_path / "round_1/model.json").read_text())
+    assert round_1["training"]["start_from"] == sft["adapter"]
+
+
+class Interrupted(BaseException):
+    """Stands for a crash or Ctrl-C in the middle of a round."""
+
+
+def test_resume_after_a_crash_mid_round_redoes_nothing_finished(writer, trainset, tmp_path):
+    calls = {"n": 0}
+
+    def crashing_metric(example, prediction, trace=None):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise Interrupted()
+        return rouge_l(example, prediction)
+
+    crashing_metric.__qualname__ = "metric"
+    with pytest.raises(Interrupted):
+        optimizer(tmp_path, metric=crashing_metric, num_threads=1).compile(writer, trainset=trainset)
+    finished = (tmp_path / "round_1/samples.jsonl").read_text().splitlines()
+    assert 4 <= len(finished) < 3 * len(trainset)  # a worker may finish one more before the pool stops
+    teacher_before = (tmp_path / "teacher_reasoning.jsonl").read_text()
+    sft_before = (tmp_path / "sft/model.json").stat().st_mtime_ns
+
+    def counting_metric(example, prediction, trace=None):
+        calls["n"] += 1
+        return rouge_l(example, prediction)
+
+    counting_metric.__qualname__ = "metric"
+    calls["n"] = 0
+    compiled = optimizer(tmp_path, metric=counting_metric).compile(writer, trainset=trainset)
+    assert calls["n"] == 3 * len(trainset) - len(finished)  # only the samples that had not finished
+    assert (tmp_path / "teacher_reasoning.jsonl").read_text() == teacher_before
+    assert (tmp_path / "sft/model.json").stat().st_mtime_ns == sft_before
+    samples = (tmp_path / "round_1/samples.jsonl").read_text().splitlines()
+    assert samples[: len(finished)] == finished and len(samples) == 3 * len(trainset)
+    assert compiled.restpg_history[-1]["stage"] == "round_1"
+
+
+def test_a_different_configuration_in_the_same_run_dir_is_refused(writer, trainset, tmp_path):
+    optimizer(tmp_path, rounds=0).compile(writer, trainset=trainset)
+    with pytest.raises(RunDirConflict, match="samples_per_input"):
+        optimizer(tmp_path, rounds=0, samples_per_input=5).compile(writer, trainset=trainset)
+
+
+def test_round_where_nothing_passes_keeps_the_previous_model(writer, trainset, tmp_path):
+    compiled = optimizer(tmp_path, threshold=2.0).compile(writer, trainset=trainset)
+    sft, round_1 = compiled.restpg_history
+    assert "skipped" in round_1 and compiled.write.lm.model == sft["model"]
+
+
+class FlakyTeacher:
+    """A teacher engine that fails on dish requests and answers the others."""
+
+    def complete(self, request):
+        if "Recommend a dish" in request.messages[-1].text:
+            raise ServerError("teacher unavailable")
+        return Response(
+            id=None,
+            model=request.model,
+            message=Message.assistant([TextPart("- writes warmly")]),
+            finish_reason="stop",
+            usage=Usage(input_tokens=1, output_tokens=1),
+        )
+
+    def close(self):
+        pass
+
+
+def test_teacher_failures_are_retried_skipped_and_counted(writer, tmp_path):
+    trainset = synthetic("train", seed=0, users=8, requests_per_user=1)
+    teacher = dspy.LM("flaky/teacher", engine=FlakyTeacher(), num_retries=0, cache=False)
+    compiled = optimizer(tmp_path, rounds=0, teacher_retries=1).compile(writer, trainset=trainset, teacher=teacher)
+    rows = [json.loads(line) for line in (tmp_path / "teacher_reasoning.jsonl").read_text().splitlines()]
+    failed = [r for r in rows if "error" in r]
+    dishes = [e for e in trainset if e.request.startswith("Recommend a dish")]
+    assert len(failed) == len(dishes) > 0 and all(r["attempts"] == 2 for r in failed)
+    assert compiled.restpg_history[0]["rows"] == 2 * (len(trainset) - len(dishes))
+
+
+def test_baseline_presets_fit_their_programs(writer, tiny_lm, trainset, tmp_path):
+    rag = RAGWriter(retriever=BM25(k=2))
+    rag.set_lm(tiny_lm.copy(max_tokens=8))
+    settings = {"train_kwargs": TRAIN, "verbose": False, "samples_per_input": 2}
+    sft = SFT(run_dir=str(tmp_path / "sft"), **settings).compile(rag, trainset=trainset)
+    assert [e["stage"] for e in sft.restpg_history] == ["sft"]
+    assert sft.restpg_history[0]["rows"] == len(trainset)
+    rest_em = ReSTEM(run_dir=str(tmp_path / "em"), rounds=1, **settings).compile(rag, trainset=trainset)
+    assert [e["stage"] for e in rest_em.restpg_history] == ["sft", "round_1"]
+    assert not (tmp_path / "em" / "teacher_reasoning.jsonl").exists()
+    with_reasoning = SFTWithReasoning(run_dir=str(tmp_path / "r"), **settings).compile(writer, trainset=trainset)
+    assert with_reasoning.restpg_history[0]["rows"] == 2 * len(trainset)
+    with pytest.raises(ValueError, match="needs a predictor with output 'reasoning'"):
+        RESTPG(**settings).compile(rag, trainset=trainset)
+    with pytest.raises(ValueError, match="cannot supervise the reasoning predictor"):
+        SFT(**settings).compile(writer, trainset=trainset)
+
+
+def test_bad_inputs_fail_before_any_expensive_stage(writer, trainset):
+    with pytest.raises(ValueError, match="trainset is empty"):
+        RESTPG().compile(writer, trainset=[])
+    with pytest.raises(ValueError, match="have no LM"):
+        RESTPG().compile(PersonalizedWriter(), trainset=trainset)
+    fixed = PersonalizedWriter()
+    fixed.set_lm(dspy.utils.DummyLM([{"reasoning": "x"}]))
+    with pytest.raises(ValueError, match="cannot be fine-tuned"):
+        RESTPG().compile(fixed, trainset=trainset)
+    with pytest.raises(ValueError, match="has no 'output'"):
+        RESTPG().compile(writer, trainset=[dspy.Example(id="x", request="r", profile=[]).with_inputs("request")])
+
+
+def test_compiled_program_saves_and_loads_with_its_adapter(writer, trainset, tmp_path, tiny_model_dir):
+    compiled = optimizer(tmp_path / "run", rounds=0).compile(writer, trainset=trainset)
+    path = tmp_path / "program.json"
+    compiled.save(str(path))
+    restored = PersonalizedWriter(retriever=BM25(k=2))
+    restored.load(str(path), allow_unsafe_lm_state=True)
+    assert restored.write.lm.model == compiled.write.lm.model
+    example = trainset[0].inputs().toDict()
+    assert restored(**example).response == compiled(**example).response
