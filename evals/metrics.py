@@ -1,7 +1,8 @@
 """Text-overlap metrics with DSPy's metric signature ``metric(example, prediction, trace=None) -> float``.
 
 ROUGE follows LongLaMP's evaluation: F1 of ``rouge-score`` with stemming, the prediction's ``response`` against the
-example's ``output``.
+example's ``output``. METEOR is nltk's, with WordNet synonyms; without WordNet only
+``meteor_without_synonyms`` exists, so a number is never silently reported as METEOR.
 
 Example:
     >>> import dspy
@@ -13,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import re
 from typing import Any
 
 
@@ -43,3 +45,43 @@ def rouge_l(example: Any, prediction: Any, trace: Any = None) -> float:
     """ROUGE-L F1 (stemmed) of ``prediction.response`` against ``example.output``."""
     reference, response = _texts(example, prediction)
     return _scorer("rougeL").score(reference, response)["rougeL"].fmeasure
+
+
+_WORD = re.compile(r"\w+|[^\w\s]")
+
+
+class _NoSynonyms:
+    """Stands in for WordNet: METEOR then matches exact words and stems only."""
+
+    @staticmethod
+    def synsets(*args: Any, **kwargs: Any) -> list:
+        return []
+
+
+def _meteor(example: Any, prediction: Any, wordnet: Any) -> float:
+    from nltk.translate.meteor_score import meteor_score
+
+    reference, response = _texts(example, prediction)
+    return meteor_score([_WORD.findall(reference.lower())], _WORD.findall(response.lower()), wordnet=wordnet)
+
+
+def meteor(example: Any, prediction: Any, trace: Any = None) -> float:
+    """METEOR (nltk) with WordNet synonym matching.
+
+    Raises:
+        RuntimeError: WordNet is not installed (``make setup`` provisions it; see ``restpg_dspy.evals.wordnet``).
+    """
+    from restpg_dspy.evals.wordnet import load
+
+    wordnet = load()
+    if wordnet is None:
+        raise RuntimeError(
+            "METEOR needs WordNet, which is not installed: run `make setup` (or `python -m restpg_dspy.evals.wordnet` "
+            "after installing Debian's wordnet-base and wordnet-sense-index), or use meteor_without_synonyms"
+        )
+    return _meteor(example, prediction, wordnet)
+
+
+def meteor_without_synonyms(example: Any, prediction: Any, trace: Any = None) -> float:
+    """METEOR with exact and stem matches only (no WordNet): not comparable to published METEOR numbers."""
+    return _meteor(example, prediction, _NoSynonyms())

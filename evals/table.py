@@ -1,0 +1,232 @@
+"""The paper's table in one command: compile and evaluate every method on every task from one config file.
+
+Methods (rows of REST-PG's Table 1, plus the uncompiled programs):
+
+==========================  ======================  ===================
+name                        program                 optimizer
+==========================  ======================  ===================
+``no-personalization``      NoPersonalization       –
+``rag``                     RAGWriter               –
+``personalized``            PersonalizedWriter      –
+``sft``                     RAGWriter               SFT
+``sft-reasoning``           PersonalizedWriter      SFTWithReasoning
+``rest-em``                 RAGWriter               ReSTEM
+``rest-pg``                 PersonalizedWriter      RESTPG
+==========================  ======================  ===================
+
+Tasks: ``synthetic`` (the offline benchmark), ``longlamp:<task>`` (the hub) or ``longlamp:<task>:<path>`` (local
+files; ``{split}`` in the path is replaced by ``train``/``test``).
+
+Example:
+    >>> from restpg_dspy.evals.table import TableConfig
+    >>> TableConfig(methods=["rag", "rest-pg"]).methods
+    ['rag', 'rest-pg']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dspy
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("no-personalization", "rag", "personalized", "sft", "sft-reasoning", "rest-em", "rest-pg")
+
+
+@dataclass
+class TableConfig:
+    """Everything one table run needs; the same keys are read from YAML or TOML files.
+
+    Attributes:
+        run_dir: Where compile runs, the evaluation cache and the outputs go.
+        student: Backend string of the trained model (``local``, ``local:<path>``).
+        teacher: Backend string of the hindsight-reasoning teacher (default: the student).
+        judge: Backend string of an LLM judge; adds the ``llm_judge`` metric.
+        tasks: ``synthetic``, ``longlamp:<task>`` or ``longlamp:<task>:<path with {split}>``.
+        methods: Rows of the table, from :data:`METHODS`.
+        metrics: ``rouge_1``, ``rouge_l``, ``meteor`` (and ``llm_judge`` when a judge is set).
+        reward: The metric that scores E-step samples.
+        train_limit: Most training examples per task (LongLaMP).
+        test_limit: Most test examples per task (LongLaMP).
+        synthetic_train_users: Users in the synthetic training split.
+        synthetic_test_users: Users in the synthetic test split.
+        seed: Data sampling seed.
+        retriever: ``bm25``, ``dense`` or ``recency``.
+        k: Profile items retrieved.
+        max_tokens: Token budget of each generation.
+        num_threads: Concurrent program runs.
+        optimizer: Keyword arguments of the optimizers (``rounds``, ``samples_per_input``, ``threshold``, ...).
+        train_kwargs: Fine-tuning settings (see ``restpg_dspy.finetune.LoRATrainingConfig``).
+    """
+
+    run_dir: str = "runs/table"
+    student: str = "local"
+    teacher: str | None = None
+    judge: str | None = None
+    tasks: list[str] = field(default_factory=lambda: ["synthetic"])
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    metrics: list[str] = field(default_factory=lambda: ["rouge_1", "rouge_l", "meteor"])
+    reward: str = "rouge_l"
+    train_limit: int | None = None
+    test_limit: int | None = None
+    synthetic_train_users: int = 12
+    synthetic_test_users: int = 16
+    seed: int = 0
+    retriever: str = "bm25"
+    k: int = 2
+    max_tokens: int = 128
+    num_threads: int = 16
+    optimizer: dict[str, Any] = field(default_factory=dict)
+    train_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown methods {unknown}; choose from {list(METHODS)}")
+        if self.retriever not in ("bm25", "dense", "recency"):
+            raise ValueError(f"unknown retriever {self.retriever!r}; choose bm25, dense or recency")
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides: Any) -> TableConfig:
+        """Read a YAML (``.yaml``/``.yml``) or TOML (``.toml``) file; ``overrides`` that are not ``None`` win.
+
+        Raises:
+            ValueError: the file is missing, unreadable, or has keys this config does not know (named).
+        """
+        path = Path(path)
+        if not path.exists():
+            raise ValueError(f"config file {path} does not exist")
+        if path.suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(path.read_text())
+        else:
+            import yaml
+
+            data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping of settings")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown settings {unknown}; known: {sorted(known)}")
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**data)
+
+
+def load_task(spec: str, config: TableConfig) -> tuple[list[dspy.Example], list[dspy.Example]]:
+    """Train and test examples of one task spec."""
+    from restpg_dspy.data import load_longlamp, synthetic
+
+    if spec == "synthetic":
+        return (
+            synthetic("train", seed=config.seed, users=config.synthetic_train_users),
+            synthetic("test", seed=config.seed, users=config.synthetic_test_users),
+        )
+    kind, _, rest = spec.partition(":")
+    if kind != "longlamp" or not rest:
+        raise ValueError(f"unknown task {spec!r}; use 'synthetic', 'longlamp:<task>' or 'longlamp:<task>:<path>'")
+    task, _, path = rest.partition(":")
+    if not path:
+        return (
+            load_longlamp(task, "train", limit=config.train_limit, seed=config.seed),
+            load_longlamp(task, "test", limit=config.test_limit, seed=config.seed),
+        )
+    if "{split}" not in path:
+        raise ValueError(f"task {spec!r}: the local path needs a {{split}} placeholder for its train and test files")
+    return (
+        load_longlamp(task, "train", path=path.format(split="train"), limit=config.train_limit, seed=config.seed),
+        load_longlamp(task, "test", path=path.format(split="test"), limit=config.test_limit, seed=config.seed),
+    )
+
+
+def resolve_metrics(names: list[str], judge: Any = None) -> list[Any]:
+    """Metric functions by name; ``meteor`` without WordNet becomes ``meteor_without_synonyms`` (and says so)."""
+    from restpg_dspy.evals import LLMJudge, meteor, meteor_without_synonyms, rouge_1, rouge_l
+    from restpg_dspy.evals.wordnet import load as load_wordnet
+
+    available = {"rouge_1": rouge_1, "rouge_l": rouge_l, "meteor": meteor}
+    metrics = []
+    for name in names:
+        if name == "meteor" and load_wordnet() is None:
+            logger.warning("WordNet is not installed: reporting meteor_without_synonyms instead of METEOR")
+            metrics.append(meteor_without_synonyms)
+        elif name == "llm_judge":
+            if judge is None:
+                raise ValueError("the llm_judge metric needs a judge model (judge: <backend string>)")
+            metrics.append(LLMJudge(judge))
+        elif name in available:
+            metrics.append(available[name])
+        else:
+            raise ValueError(f"unknown metric {name!r}; choose from {[*available, 'llm_judge']}")
+    return metrics
+
+
+def build_method(name: str, config: TableConfig, student: dspy.LM) -> tuple[dspy.Module, Any]:
+    """The program of a method on ``student`` and its optimizer class (``None`` when uncompiled)."""
+    from restpg_dspy.optimizers import RESTPG, SFT, ReSTEM, SFTWithReasoning
+    from restpg_dspy.programs import NoPersonalization, PersonalizedWriter, RAGWriter
+    from restpg_dspy.retrieval import BM25, Dense, Recency
+
+    retriever = {"bm25": BM25, "dense": Dense, "recency": Recency}[config.retriever](k=config.k)
+    programs = {
+        "no-personalization": (lambda: NoPersonalization(), None),
+        "rag": (lambda: RAGWriter(retriever=retriever), None),
+        "personalized": (lambda: PersonalizedWriter(retriever=retriever), None),
+        "sft": (lambda: RAGWriter(retriever=retriever), SFT),
+        "sft-reasoning": (lambda: PersonalizedWriter(retriever=retriever), SFTWithReasoning),
+        "rest-em": (lambda: RAGWriter(retriever=retriever), ReSTEM),
+        "rest-pg": (lambda: PersonalizedWriter(retriever=retriever), RESTPG),
+    }
+    make, optimizer = programs[name]
+    program = make()
+    program.set_lm(student)
+    return program, optimizer
+
+
+def run_table(config: TableConfig) -> dict[str, dict[str, Any]]:
+    """Compile and evaluate every method on every task; write ``results.json``, ``table.md`` and plots.
+
+    Returns:
+        ``results[method][task]`` = the evaluation summary (per metric: mean, interval, n, errors).
+    """
+    import restpg_dspy
+    from restpg_dspy.evals import evaluate
+    from restpg_dspy.evals.evaluate import metric_name
+    from restpg_dspy.evals.report import markdown_table, plot_scores
+
+    root = Path(config.run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
+    student = restpg_dspy.lm(config.student, max_tokens=config.max_tokens)
+    teacher = restpg_dspy.lm(config.teacher, max_tokens=config.max_tokens) if config.teacher else None
+    judge = restpg_dspy.lm(config.judge) if config.judge else None
+    names = [*config.metrics, *(["llm_judge"] if judge is not None and "llm_judge" not in config.metrics else [])]
+    metrics = resolve_metrics(names, judge)
+    reward = resolve_metrics([config.reward], judge)[0]
+    results: dict[str, dict[str, Any]] = {}
+    for task in config.tasks:
+        trainset, testset = load_task(task, config)
+        slug = task.split(":")[0] if task == "synthetic" else task.split(":")[1]
+        for method in config.methods:
+            program, optimizer = build_method(method, config, student)
+            if optimizer is not None:
+                settings = {"num_threads": config.num_threads, "train_kwargs": config.train_kwargs, **config.optimizer}
+                compiled = optimizer(reward, run_dir=str(root / slug / method), **settings)
+                program = compiled.compile(program, trainset=trainset, teacher=teacher)
+            result = evaluate(program, testset, metrics, cache_dir=root / "cache", num_threads=config.num_threads)
+            (root / slug).mkdir(parents=True, exist_ok=True)
+            result.to_jsonl(root / slug / f"{method}.predictions.jsonl")
+            results.setdefault(method, {})[slug] = result.summary()
+            (root / "results.json").write_text(json.dumps(results, indent=2))
+    metric_names = [metric_name(m) for m in metrics]
+    (root / "table.md").write_text(markdown_table(results, metric_names) + "\n")
+    for name in metric_names:
+        plot_scores(results, name, root / f"scores_{name}.png")
+    return results

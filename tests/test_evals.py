@@ -1,0 +1,220 @@
+import json
+import math
+
+import dspy
+import pytest
+from dspy.lm15 import Message, Response, TextPart, TokenLogprob, TopLogprob, Usage
+from rouge_score import rouge_scorer
+
+from restpg_dspy.data import load_longlamp, synthetic
+from restpg_dspy.evals import (
+    JudgeParseError,
+    LLMJudge,
+    evaluate,
+    meteor,
+    meteor_without_synonyms,
+    rouge_1,
+    rouge_l,
+)
+from restpg_dspy.evals.report import markdown_table, plot_scores, report_compile_run
+from restpg_dspy.evals.table import TableConfig, resolve_metrics, run_table
+from restpg_dspy.programs import RAGWriter
+from restpg_dspy.retrieval import BM25
+
+
+def pair(reference, response):
+    return dspy.Example(output=reference), dspy.Prediction(response=response)
+
+
+def test_rouge_matches_rouge_score_on_our_own_pairs():
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
+    for reference, response in [("The cats were running home", "a cat runs home"), ("x y z", "q")]:
+        expected = scorer.score(reference, response)
+        assert rouge_1(*pair(reference, response)) == expected["rouge1"].fmeasure
+        assert rouge_l(*pair(reference, response)) == expected["rougeL"].fmeasure
+
+
+def test_rouge_on_the_longlamp_sample_reproduces_the_published_baseline(shared_sample):
+    examples = load_longlamp("abstract_generation", "val", path=shared_sample)
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
+    ours_1, ours_l = [], []
+    for example in examples:
+        prediction = dspy.Prediction(response=example.reference_prediction)
+        expected = scorer.score(example.output, example.reference_prediction)
+        ours_1.append(rouge_1(example, prediction))
+        ours_l.append(rouge_l(example, prediction))
+        assert ours_1[-1] == expected["rouge1"].fmeasure and ours_l[-1] == expected["rougeL"].fmeasure
+    assert round(sum(ours_1) / len(ours_1), 3) == 0.431 and round(sum(ours_l) / len(ours_l), 3) == 0.244
+
+
+def test_meteor_uses_wordnet_synonyms():
+    # nltk stems unmatched words before the WordNet lookup, so the pair must survive stemming (quick/fast does).
+    example, prediction = pair("the fast dog runs home", "the quick dog runs home")
+    assert meteor(example, prediction) > 0.99 > meteor_without_synonyms(example, prediction)
+
+
+def test_meteor_without_wordnet_is_never_reported_as_meteor(monkeypatch):
+    from restpg_dspy.evals import wordnet
+
+    monkeypatch.setattr(wordnet, "load", lambda: None)
+    with pytest.raises(RuntimeError, match="METEOR needs WordNet"):
+        meteor(*pair("a", "a"))
+    assert [m.__name__ for m in resolve_metrics(["rouge_l", "meteor"])] == ["rouge_l", "meteor_without_synonyms"]
+
+
+def test_metrics_refuse_a_prediction_without_a_response():
+    with pytest.raises(ValueError, match="no string 'response'"):
+        rouge_l(dspy.Example(output="x"), dspy.Prediction(answer="x"))
+
+
+class ScriptedJudge:
+    """A judge engine answering a fixed text with fixed log-probabilities."""
+
+    def __init__(self, text, logprobs=None):
+        self.text, self.logprobs = text, logprobs
+
+    def complete(self, request):
+        return Response(
+            id=None,
+            model=request.model,
+            message=Message.assistant([TextPart(self.text)]),
+            finish_reason="stop",
+            usage=Usage(input_tokens=1, output_tokens=1),
+            logprobs=self.logprobs,
+        )
+
+    def close(self):
+        pass
+
+
+def token(text, logprob, top=()):
+    return TokenLogprob(token=text, logprob=logprob, top=tuple(TopLogprob(t, lp) for t, lp in top))
+
+
+def judge_of(engine):
+    return LLMJudge(dspy.LM("scripted/judge", engine=engine, cache=False))
+
+
+def test_judge_takes_the_most_probable_score_from_logprobs():
+    example, prediction = pair("ref", "resp")
+    sampled_seven = [token("7", math.log(0.3), [("8", math.log(0.6)), ("7", math.log(0.3))])]
+    judge = judge_of(ScriptedJudge("7", sampled_seven))
+    assert judge(example, prediction) == 0.8  # "8" was more probable than the sampled "7"
+    ten = [
+        token("1", math.log(0.7), [("1", math.log(0.7)), ("9", math.log(0.2))]),
+        token("0", math.log(0.9), [("0", math.log(0.9))]),
+    ]
+    assert judge_of(ScriptedJudge("10", ten))(example, prediction) == 1.0
+    assert judge.stats["scored_by_logprobs"] == 1
+
+
+def test_judge_parses_text_and_counts_unparseable_answers():
+    example, prediction = pair("ref", "resp")
+    assert judge_of(ScriptedJudge("Score: 6/10"))(example, prediction) == 0.6
+    judge = judge_of(ScriptedJudge("It is quite good."))
+    with pytest.raises(JudgeParseError):
+        judge(example, prediction)
+    assert judge.stats["unparseable"] == 1
+
+
+@pytest.fixture
+def rag(tiny_lm):
+    program = RAGWriter(retriever=BM25(k=2))
+    program.set_lm(tiny_lm.copy(max_tokens=6))
+    return program
+
+
+def test_second_identical_run_reads_everything_from_disk(rag, tmp_path):
+    testset = synthetic("test", seed=0, users=3, requests_per_user=1)
+    first = evaluate(rag, testset, [rouge_l, rouge_1], cache_dir=tmp_path, progress=False)
+    assert first.cached_predictions == 0
+    second = evaluate(rag, testset, [rouge_l, rouge_1], cache_dir=tmp_path, progress=False)
+    assert second.cached_predictions == 3 and second.cached_scores == 6
+    assert second.rows == first.rows
+    summary = second.summary()["rouge_l"]
+    assert summary["n"] == 3 and summary["ci_low"] <= summary["mean"] <= summary["ci_high"]
+    changed = rag.deepcopy()
+    changed.write.signature = changed.write.signature.with_instructions("Write it briefly.")
+    assert evaluate(changed, testset, [rouge_l], cache_dir=tmp_path, progress=False).cached_predictions == 0
+    (tmp_path / "out").mkdir()
+    second.to_jsonl(tmp_path / "out" / "rows.jsonl")
+    second.to_csv(tmp_path / "out" / "rows.csv")
+    assert len((tmp_path / "out" / "rows.jsonl").read_text().splitlines()) == 3
+    assert (tmp_path / "out" / "rows.csv").read_text().startswith("id,user_id,rouge_l,rouge_1")
+
+
+def test_metric_errors_and_missing_fields_are_recorded_not_fatal(rag, tmp_path):
+    testset = synthetic("test", seed=0, users=2, requests_per_user=1)
+
+    def flaky(example, prediction, trace=None):
+        if example.id == testset[0].id:
+            raise ZeroDivisionError("boom")
+        return 0.5
+
+    result = evaluate(rag, testset, [flaky], cache_dir=tmp_path, progress=False)
+    assert "ZeroDivisionError: boom" in result.rows[0]["errors"]["flaky"] and result.rows[1]["flaky"] == 0.5
+    assert result.summary()["flaky"]["errors"] == 1
+
+    class NoResponse(dspy.Module):
+        def forward(self, request, profile):
+            return dspy.Prediction(answer="x")
+
+    missing = evaluate(NoResponse(), testset, [rouge_l], progress=False)
+    assert missing.summary()["rouge_l"]["missing_field"] == 2 and all(r["rouge_l"] == 0.0 for r in missing.rows)
+
+
+def test_corrupted_cache_entries_are_dropped_and_recomputed(rag, tmp_path):
+    import diskcache
+
+    testset = synthetic("test", seed=0, users=2, requests_per_user=1)
+    first = evaluate(rag, testset, [rouge_l], cache_dir=tmp_path, progress=False)
+    with diskcache.Cache(str(tmp_path)) as cache:
+        key = next(k for k in cache if k.startswith("prediction:"))
+        cache.set(key, ('{"fields": {"response": "tampered"}}', "not-the-checksum"))
+    again = evaluate(rag, testset, [rouge_l], cache_dir=tmp_path, progress=False)
+    assert again.recomputed_corrupt == 1 and again.cached_predictions == 1
+    assert [r["response"] for r in again.rows] == [r["response"] for r in first.rows]
+
+
+def test_markdown_table_and_plots(tmp_path):
+    stats = {"rouge_l": {"mean": 0.3, "ci_low": 0.2, "ci_high": 0.4, "n": 5}}
+    results = {"sft": {"synthetic": stats}, "rest-pg": {"synthetic": stats}}
+    table = markdown_table(results, ["rouge_l"])
+    assert table.splitlines()[2] == "| sft | 0.3000 [0.2000, 0.4000] |"
+    assert plot_scores(results, "rouge_l", tmp_path / "s.png").stat().st_size > 1000
+
+
+def test_table_runner_and_compile_run_report(tiny_model_dir, tmp_path):
+    config = TableConfig(
+        run_dir=str(tmp_path / "table"),
+        student=f"local:{tiny_model_dir}",
+        methods=["no-personalization", "rest-em"],
+        metrics=["rouge_l", "meteor"],
+        synthetic_train_users=2,
+        synthetic_test_users=2,
+        max_tokens=6,
+        optimizer={"rounds": 1, "samples_per_input": 2, "verbose": False},
+        train_kwargs={"max_steps": 1},
+    )
+    results = run_table(config)
+    assert set(results) == {"no-personalization", "rest-em"}
+    assert results["rest-em"]["synthetic"]["meteor"]["n"] == 4
+    table = (tmp_path / "table" / "table.md").read_text()
+    assert "synthetic rouge_l" in table and "| rest-em |" in table
+    assert (tmp_path / "table" / "scores_meteor.png").exists()
+    files = report_compile_run(tmp_path / "table" / "synthetic" / "rest-em")
+    assert {f.name for f in files} == {"rewards.png", "keep_rates.png", "report.md"}
+    assert "round_1" in (tmp_path / "table" / "synthetic" / "rest-em" / "report.md").read_text()
+    stored = json.loads((tmp_path / "table" / "results.json").read_text())
+    assert stored["rest-em"]["synthetic"]["rouge_l"]["n"] == 4
+
+
+def test_table_config_files_are_checked(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("methods: [rag]\nrounds: 3\n")
+    with pytest.raises(ValueError, match=r"unknown settings \['rounds'\]"):
+        TableConfig.from_file(path)
+    path.write_text("methods: [rag]\noptimizer: {rounds: 3}\n")
+    assert TableConfig.from_file(path, run_dir="x").optimizer == {"rounds": 3}
+    with pytest.raises(ValueError, match="unknown methods"):
+        TableConfig(methods=["magic"])
