@@ -33,7 +33,7 @@ test: $(STAMP)
 	$(BIN)/pytest -q
 
 demo: $(STAMP)
-	$(BIN)/python -m restpg_dspy.demo
+	$(BIN)/restpg demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

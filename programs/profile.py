@@ -64,6 +64,10 @@ class ProfileFormatter:
         self.stats: Counter[str] = Counter()
         self._lock = threading.Lock()
 
+    def __deepcopy__(self, memo: dict) -> ProfileFormatter:
+        # Program copies (one per thread in dspy.Parallel/Evaluate) share one formatter, so its stats add up.
+        return self
+
     def render(
         self, items: list[dict[str, Any]], task: TaskFormat, tokenizer: Any = None, budget: int | None = None
     ) -> str:

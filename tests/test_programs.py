@@ -97,5 +97,11 @@ def test_no_personalization_never_shows_the_profile(tiny_lm, example):
 
 def test_program_parts_are_named_and_described():
     writer = PersonalizedWriter(retriever=BM25(k=2))
+    clone = writer.deepcopy()  # one per thread in dspy.Parallel: the retrieval index and stats stay shared
+    assert (
+        clone.retriever is writer.retriever
+        and clone.formatter is writer.formatter
+        and clone.reason is not writer.reason
+    )
     assert [name for name, _ in writer.named_predictors()] == ["reason", "write"]
     assert writer.describe()["retrieval"] == {"retriever": "BM25", "k": 2}

@@ -1,0 +1,257 @@
+"""The ``restpg`` command: demo, compile, evaluate, table and report.
+
+Backends are strings everywhere: ``local`` (the embedded SmolLM2-135M-Instruct), ``local:<folder or hf id>``, or
+any LiteLLM model such as ``openai/gpt-4o-mini``. Data: ``synthetic`` or ``longlamp:<task>[:<file with {split}>]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+DEMO_CONFIG: dict[str, Any] = {
+    "run_dir": "runs/demo",
+    "methods": ["personalized", "sft", "rest-pg"],
+    "metrics": ["rouge_1", "rouge_l", "meteor"],
+    "synthetic_train_users": 6,
+    "synthetic_test_users": 6,
+    "max_tokens": 80,
+    "optimizer": {"rounds": 1, "samples_per_input": 4, "max_per_input": 2},
+    "train_kwargs": {"num_train_epochs": 3, "learning_rate": 1e-3, "per_device_train_batch_size": 8, "max_length": 640},
+}
+METHOD_LABELS = {"personalized": "uncompiled PersonalizedWriter", "sft": "SFT (RAGWriter)", "rest-pg": "REST-PG"}
+
+
+class UserError(Exception):
+    """A mistake in the command line or its inputs: reported in one line, without a traceback."""
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML or TOML file with the same keys as the options (options win)")
+    parser.add_argument("--student", help="backend of the trained model: local, local:<path or hf id> (default local)")
+    parser.add_argument("--teacher", help="backend that writes hindsight reasoning (default: the student)")
+    parser.add_argument("--judge", help="backend of an LLM judge; adds the llm_judge metric")
+    parser.add_argument(
+        "--data", help="synthetic, longlamp:<task> (the hub) or longlamp:<task>:<path with {split}> (local files)"
+    )
+    parser.add_argument("--limit", type=int, help="most train and test examples (LongLaMP)")
+    parser.add_argument("--run-dir", help="where runs, caches, tables and plots are written")
+    parser.add_argument("--seed", type=int, help="data sampling seed")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="restpg",
+        description="Personalized DSPy programs trained with REST-PG (reasoning-enhanced self-training).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser(
+        "demo", help="REST-PG vs SFT vs the uncompiled program on the offline benchmark (embedded model)"
+    )
+    demo.add_argument("--run-dir", default="runs/demo", help="output folder (re-running reuses it)")
+
+    table = commands.add_parser("table", help="compile and evaluate several methods on several tasks (the paper table)")
+    _add_common(table)
+    table.add_argument(
+        "--methods", help="comma-separated: no-personalization,rag,personalized,sft,sft-reasoning,rest-em,rest-pg"
+    )
+    table.add_argument("--metrics", help="comma-separated: rouge_1,rouge_l,meteor,llm_judge")
+
+    compile_ = commands.add_parser("compile", help="compile one method and save the program")
+    _add_common(compile_)
+    compile_.add_argument("--method", default="rest-pg", help="sft, sft-reasoning, rest-em or rest-pg (default)")
+    compile_.add_argument("--rounds", type=int, help="EM rounds")
+    compile_.add_argument("--samples", type=int, help="samples per input in each E-step")
+
+    evaluate = commands.add_parser("evaluate", help="evaluate a saved program or an uncompiled method (cached)")
+    _add_common(evaluate)
+    evaluate.add_argument("--program", help="program.json written by `restpg compile`")
+    evaluate.add_argument(
+        "--method",
+        default="personalized",
+        help="uncompiled program when --program is absent: no-personalization, rag, personalized",
+    )
+    evaluate.add_argument("--metrics", help="comma-separated: rouge_1,rouge_l,meteor,llm_judge")
+
+    report = commands.add_parser("report", help="render tables and plots of a compile run or a table run")
+    report.add_argument("run_dir", help="a compile run directory (history.json) or a table run (results.json)")
+    return parser
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from restpg_dspy.evals.table import TableConfig
+
+    overrides = {
+        "student": args.student,
+        "teacher": args.teacher,
+        "judge": args.judge,
+        "run_dir": args.run_dir,
+        "seed": args.seed,
+        "train_limit": args.limit,
+        "test_limit": args.limit,
+        "tasks": [args.data] if args.data else None,
+        "methods": args.methods.split(",") if getattr(args, "methods", None) else None,
+        "metrics": args.metrics.split(",") if getattr(args, "metrics", None) else None,
+    }
+    if args.config:
+        return TableConfig.from_file(args.config, **overrides)
+    return TableConfig(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def run_demo(run_dir: str) -> None:
+    """The main job on the embedded model: compile SFT and REST-PG, evaluate on held-out users, print the table."""
+    from restpg_dspy.evals.report import report_compile_run
+    from restpg_dspy.evals.table import TableConfig, run_table
+
+    config = TableConfig(**{**DEMO_CONFIG, "run_dir": run_dir})
+    print(
+        f"restpg demo: {', '.join(METHOD_LABELS[m] for m in config.methods)} on the synthetic benchmark "
+        f"({config.synthetic_train_users} training users, {config.synthetic_test_users} held-out users), "
+        f"embedded SmolLM2-135M-Instruct, outputs in {run_dir}/",
+        flush=True,
+    )
+    results = run_table(config)
+    for method in config.methods:
+        if (Path(run_dir) / "synthetic" / method / "history.json").exists():
+            report_compile_run(Path(run_dir) / "synthetic" / method)
+    print("\nHeld-out users (mean [95% bootstrap interval]):\n")
+    header = f"{'method':32s}" + "".join(f"{m:>28s}" for m in config.metrics)
+    print(header)
+    for method in config.methods:
+        summary = results[method]["synthetic"]
+        cells = "".join(
+            f"{summary[m]['mean']:.3f} [{summary[m]['ci_low']:.3f}, {summary[m]['ci_high']:.3f}]".rjust(28)
+            for m in summary
+        )
+        print(f"{METHOD_LABELS[method]:32s}{cells}")
+    print(f"\nTable: {run_dir}/table.md   plots: {run_dir}/scores_*.png, {run_dir}/synthetic/rest-pg/rewards.png")
+
+
+def run_compile(args: argparse.Namespace) -> None:
+    import restpg_dspy
+    from restpg_dspy.evals.table import build_method, load_task, resolve_metrics
+
+    config = _config(args)
+    if args.method not in ("sft", "sft-reasoning", "rest-em", "rest-pg"):
+        raise UserError(f"--method must be sft, sft-reasoning, rest-em or rest-pg, not {args.method!r}")
+    optimizer_settings = {**config.optimizer}
+    if args.rounds is not None:
+        optimizer_settings["rounds"] = args.rounds
+    if args.samples is not None:
+        optimizer_settings["samples_per_input"] = args.samples
+    student = restpg_dspy.lm(config.student, max_tokens=config.max_tokens)
+    teacher = restpg_dspy.lm(config.teacher, max_tokens=config.max_tokens) if config.teacher else None
+    judge = restpg_dspy.lm(config.judge) if config.judge else None
+    trainset, _ = load_task(config.tasks[0], config)
+    program, optimizer = build_method(args.method, config, student)
+    reward = resolve_metrics([config.reward], judge)[0]
+    run_dir = Path(config.run_dir)
+    compiled = optimizer(
+        reward,
+        run_dir=str(run_dir),
+        num_threads=config.num_threads,
+        train_kwargs=config.train_kwargs,
+        **optimizer_settings,
+    ).compile(program, trainset=trainset, teacher=teacher)
+    compiled.save(str(run_dir / "program.json"))
+    (run_dir / "program_kind.json").write_text(json.dumps({"method": args.method, "config": vars(args)}, default=str))
+    print(f"compiled program saved to {run_dir / 'program.json'}")
+
+
+def run_evaluate(args: argparse.Namespace) -> None:
+    import restpg_dspy
+    from restpg_dspy.evals import evaluate
+    from restpg_dspy.evals.table import build_method, load_task, resolve_metrics
+
+    config = _config(args)
+    student = restpg_dspy.lm(config.student, max_tokens=config.max_tokens)
+    judge = restpg_dspy.lm(config.judge) if config.judge else None
+    _, testset = load_task(config.tasks[0], config)
+    if args.program:
+        path = Path(args.program)
+        if not path.exists():
+            raise UserError(f"--program {path} does not exist")
+        kind = json.loads((path.parent / "program_kind.json").read_text())["method"]
+        program, _ = build_method(kind, config, student)
+        program.load(str(path), allow_unsafe_lm_state=True)
+    else:
+        if args.method not in ("no-personalization", "rag", "personalized"):
+            raise UserError("without --program, --method must be no-personalization, rag or personalized")
+        program, _ = build_method(args.method, config, student)
+    names = [*config.metrics, *(["llm_judge"] if judge is not None and "llm_judge" not in config.metrics else [])]
+    result = evaluate(
+        program,
+        testset,
+        resolve_metrics(names, judge),
+        cache_dir=Path(config.run_dir) / "cache",
+        num_threads=config.num_threads,
+    )
+    out = Path(config.run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result.to_jsonl(out / "evaluation.jsonl")
+    result.to_csv(out / "evaluation.csv")
+    for name, stats in result.summary().items():
+        print(
+            f"{name:24s} {stats['mean']:.4f} [{stats['ci_low']:.4f}, {stats['ci_high']:.4f}]  n={stats['n']} "
+            f"errors={stats['errors']} missing_field={stats['missing_field']}"
+        )
+    print(f"per-example results: {out / 'evaluation.jsonl'} ({result.cached_predictions} predictions from the cache)")
+
+
+def run_report(run_dir: str) -> None:
+    from restpg_dspy.evals.report import markdown_table, plot_scores, report_compile_run
+
+    path = Path(run_dir)
+    if (path / "history.json").exists():
+        for file in report_compile_run(path):
+            print(f"wrote {file}")
+    elif (path / "results.json").exists():
+        results = json.loads((path / "results.json").read_text())
+        metrics = list(next(iter(next(iter(results.values())).values())))
+        (path / "table.md").write_text(markdown_table(results, metrics) + "\n")
+        print((path / "table.md").read_text())
+        for metric in metrics:
+            print(f"wrote {plot_scores(results, metric, path / f'scores_{metric}.png')}")
+        for history in sorted(path.glob("*/*/history.json")):
+            report_compile_run(history.parent)
+            print(f"wrote {history.parent / 'report.md'}")
+    else:
+        raise UserError(f"{path} holds neither a compile run (history.json) nor a table run (results.json)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    from restpg_dspy.models import ModelLoadError
+    from restpg_dspy.optimizers import RunDirConflict
+    from restpg_dspy.training_data import TrainingDataError
+
+    try:
+        if args.command == "demo":
+            run_demo(args.run_dir)
+        elif args.command == "table":
+            from restpg_dspy.evals.table import run_table
+
+            config = _config(args)
+            run_table(config)
+            print(Path(config.run_dir, "table.md").read_text())
+        elif args.command == "compile":
+            run_compile(args)
+        elif args.command == "evaluate":
+            run_evaluate(args)
+        else:
+            run_report(args.run_dir)
+    except (UserError, ModelLoadError, RunDirConflict, TrainingDataError, ValueError, FileNotFoundError) as err:
+        print(f"restpg: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
