@@ -22,3 +22,21 @@ def test_write_your_own_program_example_runs(capsys):
     finally:
         dspy.configure(lm=None)  # the example configures DSPy globally
     assert capsys.readouterr().out.strip()
+
+
+def test_python_api_example_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # the example writes runs/readme/ in the working folder
+    exec(compile(readme_block("## The Python API"), "README.md", "exec"), {"__name__": "readme"})
+    assert "'mean'" in capsys.readouterr().out
+    assert (tmp_path / "runs/readme/program.json").exists() and (tmp_path / "runs/readme/round_1/kept.jsonl").exists()
+
+
+def test_offline_table_config_matches_the_demo():
+    from restpg_dspy.cli import DEMO_CONFIG
+    from restpg_dspy.evals.table import METHODS, TableConfig
+
+    offline = TableConfig.from_file(REPO / "configs/offline.yaml")
+    assert offline.methods == list(METHODS)
+    for key, value in DEMO_CONFIG.items():
+        if key not in ("run_dir", "methods"):
+            assert getattr(offline, key) == value, key

@@ -1,0 +1,50 @@
+import pytest
+
+from restpg_dspy.cli import build_parser, main
+
+
+@pytest.fixture
+def tiny_config(tmp_path, tiny_model_dir):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(
+        f"student: local:{tiny_model_dir}\n"
+        "synthetic_train_users: 2\nsynthetic_test_users: 2\nmax_tokens: 6\nmetrics: [rouge_l]\n"
+        "optimizer: {rounds: 1, samples_per_input: 2, verbose: false}\ntrain_kwargs: {max_steps: 1}\n"
+    )
+    return path
+
+
+def test_every_option_is_explained():
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    for name, command in commands.items():
+        for action in command._actions:
+            assert action.help, f"restpg {name} {action.option_strings or action.dest} has no help text"
+
+
+def test_user_mistakes_are_one_line_errors(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("restpg: error:") and error.count("\n") == 1
+    assert main(["table", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "missing.yaml does not exist" in capsys.readouterr().err
+
+
+def test_compile_then_evaluate_the_saved_program(tiny_config, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["--config", str(tiny_config), "--run-dir", str(run), "--data", "synthetic"]
+    assert main(["compile", "--method", "rest-em", *args]) == 0
+    assert (run / "program.json").exists() and (run / "round_1" / "samples.jsonl").exists()
+    assert main(["evaluate", "--program", str(run / "program.json"), *args]) == 0
+    out = capsys.readouterr().out
+    assert "rouge_l" in out and (run / "evaluation.jsonl").exists()
+    assert main(["report", str(run)]) == 0 and (run / "rewards.png").exists()
+
+
+def test_table_command_prints_the_table(tiny_config, tmp_path, capsys):
+    run = tmp_path / "table"
+    assert (
+        main(["table", "--config", str(tiny_config), "--run-dir", str(run), "--methods", "no-personalization,rag"]) == 0
+    )
+    assert "| no-personalization |" in capsys.readouterr().out
+    assert main(["report", str(run)]) == 0
