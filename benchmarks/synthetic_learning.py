@@ -15,11 +15,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
-
 import restpg_dspy
 from restpg_dspy.data import synthetic
-from restpg_dspy.evals import rouge_l
+from restpg_dspy.evals import bootstrap_interval, rouge_l
 from restpg_dspy.optimizers import RESTPG, SFT, ReSTEM
 from restpg_dspy.programs import PersonalizedWriter, RAGWriter
 from restpg_dspy.retrieval import BM25
@@ -31,13 +29,6 @@ def score(program, examples, threads):
 
     with ThreadPoolExecutor(threads) as pool:
         return list(pool.map(one, examples))
-
-
-def interval(scores, seed=0, draws=2000):
-    rng = np.random.default_rng(seed)
-    values = np.asarray(scores)
-    means = rng.choice(values, size=(draws, len(values)), replace=True).mean(axis=1)
-    return float(values.mean()), float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
 
 
 def main() -> None:
@@ -88,7 +79,7 @@ def main() -> None:
         start = time.perf_counter()
         compiled = methods[name]()
         scores = score(compiled, testset, args.threads)
-        mean, low, high = interval(scores)
+        mean, (low, high) = statistics.fmean(scores), bootstrap_interval(scores)
         results[name] = {
             "rouge_l": mean,
             "ci95": [low, high],

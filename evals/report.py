@@ -104,20 +104,9 @@ def report_compile_run(run_dir: str | Path) -> list[Path]:
         figure.savefig(run_dir / "keep_rates.png", dpi=120)
         plt.close(figure)
         written += [run_dir / "rewards.png", run_dir / "keep_rates.png"]
-    columns = [
-        "stage",
-        "model",
-        "rows",
-        "reward_mean",
-        "reward_median",
-        "reward_p90",
-        "keep_rate",
-        "inputs_without_kept",
-        "truncation_rate",
-        "val_score",
-        "skipped",
-    ]
-    present = [c for c in columns if any(c in entry for entry in history)]
+    from restpg_dspy.optimizers.restpg import STAGE_FIELDS
+
+    present = [c for c in STAGE_FIELDS if any(c in entry for entry in history)]
     lines = [f"# Compile run {run_dir}", "", "| " + " | ".join(present) + " |", "|" + "---|" * len(present)]
     lines += ["| " + " | ".join(str(entry.get(c, "")) for c in present) + " |" for entry in history]
     (run_dir / "report.md").write_text("\n".join(lines) + "\n")

@@ -58,6 +58,20 @@ from restpg_dspy.programs.signatures import HindsightReasoning
 logger = logging.getLogger(__name__)
 
 Metric = Callable[..., float]
+# The per-stage summary fields of ``restpg_history``/``history.json``, in display order.
+STAGE_FIELDS = (
+    "stage",
+    "model",
+    "rows",
+    "reward_mean",
+    "reward_median",
+    "reward_p90",
+    "keep_rate",
+    "inputs_without_kept",
+    "truncation_rate",
+    "val_score",
+    "skipped",
+)
 
 
 class RESTPG(Teleprompter):
@@ -501,18 +515,7 @@ class RESTPG(Teleprompter):
             tqdm.write(message)
 
     def _summary(self, entry: dict[str, Any]) -> None:
-        fields = [
-            "reward_mean",
-            "reward_median",
-            "reward_p90",
-            "keep_rate",
-            "inputs_without_kept",
-            "truncation_rate",
-            "val_score",
-            "rows",
-            "skipped",
-        ]
-        self._log(f"[{entry['stage']}] " + "  ".join(f"{k}={entry[k]}" for k in fields if k in entry))
+        self._log(f"[{entry['stage']}] " + "  ".join(f"{k}={entry[k]}" for k in STAGE_FIELDS[2:] if k in entry))
 
 
 class SFT(RESTPG):
