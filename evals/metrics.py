@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import re
+import threading
 from typing import Any
 
 
@@ -48,6 +49,7 @@ def rouge_l(example: Any, prediction: Any, trace: Any = None) -> float:
 
 
 _WORD = re.compile(r"\w+|[^\w\s]")
+_WORDNET_LOCK = threading.Lock()
 
 
 class _NoSynonyms:
@@ -79,7 +81,8 @@ def meteor(example: Any, prediction: Any, trace: Any = None) -> float:
             "METEOR needs WordNet, which is not installed: run `make setup` (or `python -m restpg_dspy.evals.wordnet` "
             "after installing Debian's wordnet-base and wordnet-sense-index), or use meteor_without_synonyms"
         )
-    return _meteor(example, prediction, wordnet)
+    with _WORDNET_LOCK:  # nltk's WordNet reader seeks in shared file handles: concurrent lookups corrupt reads
+        return _meteor(example, prediction, wordnet)
 
 
 def meteor_without_synonyms(example: Any, prediction: Any, trace: Any = None) -> float:

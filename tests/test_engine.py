@@ -76,12 +76,12 @@ def test_predict_runs_through_the_engine(tiny_lm):
 
 def test_prompt_longer_than_context_is_refused(tiny_lm):
     with pytest.raises(Exception, match="does not fit the model's context"):
-        ask(tiny_lm, "word " * 400)
+        ask(tiny_lm, "word " * 1200)
 
 
 def test_max_tokens_are_clamped_to_the_context(tiny_lm):
-    response = ask(tiny_lm, "word " * 200, max_tokens=500)
-    assert response.usage.input_tokens + response.usage.output_tokens <= 256
+    response = ask(tiny_lm, "word " * 900, max_tokens=500)
+    assert response.usage.input_tokens + response.usage.output_tokens <= 1024
     assert response.finish_reason == "length"
 
 

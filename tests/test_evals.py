@@ -218,3 +218,15 @@ def test_table_config_files_are_checked(tmp_path):
     assert TableConfig.from_file(path, run_dir="x").optimizer == {"rounds": 3}
     with pytest.raises(ValueError, match="unknown methods"):
         TableConfig(methods=["magic"])
+
+
+def test_meteor_is_safe_from_many_threads():
+    from concurrent.futures import ThreadPoolExecutor
+
+    pairs = [
+        pair(f"they tear the planks and find a way {i}", f"they rip the boards and discover a path {i}")
+        for i in range(40)
+    ]
+    expected = [meteor(*p) for p in pairs]
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(lambda p: meteor(*p), pairs)) == expected
