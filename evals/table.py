@@ -223,7 +223,10 @@ def run_table(config: TableConfig) -> dict[str, dict[str, Any]]:
             result = evaluate(program, testset, metrics, cache_dir=root / "cache", num_threads=config.num_threads)
             (root / slug).mkdir(parents=True, exist_ok=True)
             result.to_jsonl(root / slug / f"{method}.predictions.jsonl")
-            results.setdefault(method, {})[slug] = result.summary()
+            summary = result.summary()
+            results.setdefault(method, {})[slug] = summary
+            scores = "  ".join(f"{name}={stats['mean']:.4f}" for name, stats in summary.items())
+            print(f"[{slug}] {method}: {scores}", flush=True)
             (root / "results.json").write_text(json.dumps(results, indent=2))
     metric_names = [metric_name(m) for m in metrics]
     (root / "table.md").write_text(markdown_table(results, metric_names) + "\n")

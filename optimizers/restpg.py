@@ -208,7 +208,7 @@ class RESTPG(Teleprompter):
             self.run_dir or tempfile.mkdtemp(prefix="restpg-run-"), self._config(student, base, teacher, trainset)
         )
         train_kwargs = {"output_dir": str(run.path / "adapters"), **self.train_kwargs}
-        self._log(f"REST-PG run directory: {run.path}")
+        self._log(f"{type(self).__name__} run directory: {run.path}")
 
         def program_on(lm: dspy.LM) -> dspy.Module:
             return with_lms(template, lambda _: lm)

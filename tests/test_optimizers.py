@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 import dspy
 import pytest
@@ -219,4 +221,18 @@ def test_compiled_program_saves_and_loads_with_its_adapter(writer, trainset, tmp
     restored.load(str(path), allow_unsafe_lm_state=True)
     assert restored.write.lm.model == compiled.write.lm.model
     example = trainset[0].inputs().toDict()
-    assert restored(**example).response == compiled(**example).response
+    expected = compiled(**example).response
+    assert restored(**example).response == expected
+    script = f"""
+import json
+from restpg_dspy.data import synthetic
+from restpg_dspy.programs import PersonalizedWriter
+from restpg_dspy.retrieval import BM25
+program = PersonalizedWriter(retriever=BM25(k=2))
+program.load({str(path)!r}, allow_unsafe_lm_state=True)
+program.set_lm(program.write.lm.copy(cache=False))  # generate for real in the new process
+example = synthetic("train", seed=0, users=3, requests_per_user=1)[0]
+print(json.dumps(program(**example.inputs().toDict()).response))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=300)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == expected  # greedy decoding reproduces the output
