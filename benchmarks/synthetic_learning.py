@@ -12,23 +12,14 @@ import argparse
 import json
 import statistics
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import restpg_dspy
 from restpg_dspy.data import synthetic
-from restpg_dspy.evals import bootstrap_interval, rouge_l
+from restpg_dspy.evals import bootstrap_interval, evaluate, rouge_l
 from restpg_dspy.optimizers import RESTPG, SFT, ReSTEM
 from restpg_dspy.programs import PersonalizedWriter, RAGWriter
 from restpg_dspy.retrieval import BM25
-
-
-def score(program, examples, threads):
-    def one(example):
-        return rouge_l(example, program(**example.inputs().toDict()))
-
-    with ThreadPoolExecutor(threads) as pool:
-        return list(pool.map(one, examples))
 
 
 def main() -> None:
@@ -78,7 +69,8 @@ def main() -> None:
     for name in args.methods.split(","):
         start = time.perf_counter()
         compiled = methods[name]()
-        scores = score(compiled, testset, args.threads)
+        result = evaluate(compiled, testset, [rouge_l], num_threads=args.threads, progress=False)
+        scores = [row.get("rouge_l", 0.0) for row in result.rows]
         mean, (low, high) = statistics.fmean(scores), bootstrap_interval(scores)
         results[name] = {
             "rouge_l": mean,

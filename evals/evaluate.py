@@ -187,24 +187,33 @@ def evaluate(
     counts = {"predictions": 0, "scores": 0}
     counts_lock = threading.Lock()
 
-    def hit(kind: str) -> None:
-        with counts_lock:
-            counts[kind] += 1
+    def cached(key: str, kind: str, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """The stored result for ``key``, else ``compute()``'s (an exception becomes a stored ``error``)."""
+        result = store.get(key)
+        if result is not None:
+            with counts_lock:
+                counts[kind] += 1
+            return result
+        try:
+            result = compute()
+        except Exception as err:
+            result = {"error": f"{type(err).__name__}: {err}"}
+        result = json.loads(json.dumps(result, default=str))
+        store.set(key, result)
+        return result
+
+    def predict(example: dspy.Example) -> dict[str, Any]:
+        prediction = program(**example.inputs().toDict())
+        return {"fields": {k: v for k, v in prediction.items() if k != "retrieved"}}
+
+    def score(metric: Metric, example: dspy.Example, prediction: dspy.Prediction) -> dict[str, Any]:
+        value = float(metric(example, prediction))
+        return {"value": value} if math.isfinite(value) else {"error": f"non-finite score {value}"}
 
     def one(example: dspy.Example) -> dict[str, Any]:
         key = example_id(example)
         row: dict[str, Any] = {"id": key, "user_id": example.get("user_id"), "errors": {}}
-        prediction_key = f"prediction:{fingerprint}:{key}"
-        outputs = store.get(prediction_key)
-        if outputs is not None:
-            hit("predictions")
-        else:
-            try:
-                prediction = program(**example.inputs().toDict())
-                outputs = {"fields": {k: v for k, v in prediction.items() if k != "retrieved"}}
-            except Exception as err:
-                outputs = {"error": f"{type(err).__name__}: {err}"}
-            store.set(prediction_key, json.loads(json.dumps(outputs, default=str)))
+        outputs = cached(f"prediction:{fingerprint}:{key}", "predictions", lambda: predict(example))
         if "error" in outputs:
             row["errors"]["program"] = outputs["error"]
             return row
@@ -217,21 +226,13 @@ def evaluate(
             return row
         prediction = dspy.Prediction(**fields)
         for metric, name in zip(metrics, names, strict=True):
-            score_key = f"score:{fingerprint}:{key}:{name}"
-            cached = store.get(score_key)
-            if cached is not None:
-                hit("scores")
+            result = cached(
+                f"score:{fingerprint}:{key}:{name}", "scores", lambda m=metric: score(m, example, prediction)
+            )
+            if "value" in result:
+                row[name] = result["value"]
             else:
-                try:
-                    value = float(metric(example, prediction))
-                    cached = {"value": value} if math.isfinite(value) else {"error": f"non-finite score {value}"}
-                except Exception as err:
-                    cached = {"error": f"{type(err).__name__}: {err}"}
-                store.set(score_key, cached)
-            if "value" in cached:
-                row[name] = cached["value"]
-            else:
-                row["errors"][name] = cached["error"]
+                row["errors"][name] = result["error"]
         return row
 
     rows: dict[int, dict[str, Any]] = {}

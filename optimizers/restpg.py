@@ -227,7 +227,7 @@ class RESTPG(Teleprompter):
                 if self.teacher_reasoning and example.id not in reasoning:
                     continue
                 _, trace = forced(template, example.inputs().toDict(), self._gold(example, reasoning, reasoning_names))
-                rows += [row for _, row in trace_rows(template, trace)]
+                rows += trace_rows(template, trace)
             current_lm = self._fine_tune(run, "sft", base, base, rows, train_kwargs)
             entry = {"stage": "sft", "model": current_lm.model, "rows": len(rows)}
             candidates.append(self._validate(program_on(current_lm), valset, entry, run))
@@ -245,7 +245,7 @@ class RESTPG(Teleprompter):
                 history.append(entry)
                 self._summary(entry)
                 continue
-            rows = [row for sample in kept for _, row in trace_rows(template, sample["trace"], sample["weight"])]
+            rows = [row for sample in kept for row in trace_rows(template, sample["trace"], sample["weight"])]
             start = base if self.restart_from_base else current_lm
             current_lm = self._fine_tune(run, stage, base, start, rows, train_kwargs)
             entry.update(model=current_lm.model, rows=len(rows))

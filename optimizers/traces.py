@@ -104,13 +104,13 @@ def adapter_of(program: dspy.Module) -> dspy.Adapter:
     return getattr(program, "adapter", None) or dspy.settings.adapter or dspy.ChatAdapter()
 
 
-def trace_rows(program: dspy.Module, trace: Trace, weight: float = 1.0) -> list[tuple[str, dict[str, Any]]]:
-    """Chat fine-tuning rows, one per predictor call: ``(predictor name, {"messages": [...], "weight": w})``."""
+def trace_rows(program: dspy.Module, trace: Trace, weight: float = 1.0) -> list[dict[str, Any]]:
+    """Chat fine-tuning rows, one per predictor call: ``{"messages": [...], "weight": w}``."""
     adapter = adapter_of(program)
     predictors = dict(program.named_predictors())
     rows = []
     for call in trace:
         signature = predictors[call["predictor"]].signature
         row = adapter.format_finetune_data(signature, [], call["inputs"], call["outputs"])
-        rows.append((call["predictor"], {**row, "weight": weight}))
+        rows.append({**row, "weight": weight})
     return rows
