@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -24,6 +25,24 @@ DEMO_CONFIG: dict[str, Any] = {
     "train_kwargs": {"num_train_epochs": 3, "learning_rate": 1e-3, "per_device_train_batch_size": 8, "max_length": 640},
 }
 METHOD_LABELS = {"personalized": "uncompiled PersonalizedWriter", "sft": "SFT (RAGWriter)", "rest-pg": "REST-PG"}
+
+
+class TruncationCounter(logging.Filter):
+    """Counts DSPy's per-call "LM response was truncated" warnings instead of printing each one.
+
+    A run makes hundreds of calls; the optimizer's stage summaries already report the truncation rate, and the
+    command prints the count once at the end.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith("LM response was truncated"):
+            self.count += 1
+            return False
+        return True
 
 
 class UserError(Exception):
@@ -232,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     from restpg_dspy.optimizers import RunDirConflict
     from restpg_dspy.training_data import TrainingDataError
 
+    truncations = TruncationCounter()
+    logging.getLogger("dspy.clients.lm").addFilter(truncations)
     try:
         if args.command == "demo":
             run_demo(args.run_dir)
@@ -250,6 +271,13 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, ModelLoadError, RunDirConflict, TrainingDataError, ValueError, FileNotFoundError) as err:
         print(f"restpg: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        logging.getLogger("dspy.clients.lm").removeFilter(truncations)
+    if truncations.count:
+        print(
+            f"note: {truncations.count} generations stopped at the max_tokens limit "
+            "(the max_tokens key of a --config file raises it)"
+        )
     return 0
 
 

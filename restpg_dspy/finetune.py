@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import json
 import logging
 import math
@@ -189,6 +190,41 @@ def _collate(rows: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
     return {"input_ids": ids, "attention_mask": attention, "labels": labels, "weight": weights}
 
 
+def assistant_token_losses(model: Any, inputs: dict[str, Any], labels: Any) -> tuple[Any, Any, Any]:
+    """Cross-entropy of each trained token (``labels != -100``), the mask of those tokens, and the model output.
+
+    Logits are computed only at positions whose next token is trained, for all rows of the batch at once
+    (``logits_to_keep`` with the positions any row needs): the vocabulary projection and softmax of the prompt
+    tokens — most of a personalization row is profile — would otherwise be a large part of each step's time and
+    memory. Models whose ``forward`` has no ``logits_to_keep`` get full logits.
+
+    Returns:
+        ``(token_loss, trained, outputs)``; ``token_loss`` and ``trained`` are ``(batch, kept positions)``.
+    """
+    import torch
+
+    next_trained = labels[:, 1:].ne(-100)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if _accepts_logits_to_keep(type(base)):
+        positions = next_trained.any(dim=0).nonzero().squeeze(1)
+        outputs = model(**inputs, logits_to_keep=positions)
+        logits = outputs.logits
+    else:
+        positions = torch.arange(labels.shape[1] - 1, device=labels.device)
+        outputs = model(**inputs)
+        logits = outputs.logits[:, :-1, :]
+    targets = labels[:, 1:][:, positions]
+    token_loss = torch.nn.functional.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="none"
+    ).view(targets.shape)
+    return token_loss, targets.ne(-100), outputs
+
+
+@functools.cache
+def _accepts_logits_to_keep(model_class: type) -> bool:
+    return "logits_to_keep" in inspect.signature(model_class.forward).parameters
+
+
 @functools.cache
 def _trainer_classes() -> tuple[type, type]:
     """The Trainer subclass and progress callback (defined lazily: importing transformers is slow)."""
@@ -220,13 +256,7 @@ def _trainer_classes() -> tuple[type, type]:
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             labels, weights = inputs.pop("labels"), inputs.pop("weight")
-            outputs = model(**inputs)
-            logits = outputs.logits[:, :-1, :].float()
-            targets = labels[:, 1:]
-            token_loss = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="none"
-            ).view(targets.shape)
-            trained = targets.ne(-100)
+            token_loss, trained, outputs = assistant_token_losses(model, inputs, labels)
             per_row = (token_loss * trained).sum(dim=1)
             if num_items_in_batch is None:
                 num_items_in_batch = trained.sum() * self.args.gradient_accumulation_steps

@@ -1,6 +1,9 @@
+import logging
+
 import pytest
 
-from restpg_dspy.cli import build_parser, main
+import restpg_dspy
+from restpg_dspy.cli import TruncationCounter, build_parser, main
 
 
 @pytest.fixture
@@ -48,3 +51,17 @@ def test_table_command_prints_the_table(tiny_config, tmp_path, capsys):
     )
     assert "| no-personalization |" in capsys.readouterr().out
     assert main(["report", str(run)]) == 0
+
+
+def test_truncation_warnings_are_counted_not_printed(tiny_model_dir, caplog):
+    lm = restpg_dspy.lm(f"local:{tiny_model_dir}", cache=False, max_tokens=3)
+    counter = TruncationCounter()
+    logger = logging.getLogger("dspy.clients.lm")
+    logger.addFilter(counter)
+    try:
+        lm("Tell me a long story.")  # 3 tokens: cut off, and DSPy warns
+        logger.warning("another warning")
+    finally:
+        logger.removeFilter(counter)
+    assert counter.count == 1
+    assert [r.getMessage() for r in caplog.records if r.name == "dspy.clients.lm"] == ["another warning"]

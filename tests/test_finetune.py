@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from restpg_dspy.finetune import LoRATrainingConfig, NonFiniteLossError, _trainer_classes
+from restpg_dspy.finetune import LoRATrainingConfig, NonFiniteLossError, _trainer_classes, assistant_token_losses
 from restpg_dspy.training_data import TrainingDataError
 
 TARGET = "blue whale"
@@ -67,6 +67,21 @@ def test_row_weights_scale_the_loss(tiny_engine):
         second_doubled = trainer_class.compute_loss(fake, model, batch([0.0, 2.0]), num_items_in_batch=5)
     assert torch.isclose(both, first + second_doubled / 2)
     assert first > 0 and second_doubled > 0
+
+
+def test_losses_from_kept_logits_equal_full_logits(tiny_engine):
+    model = tiny_engine.loaded.model
+    labels = torch.tensor([[-100, -100, -100, 5, 6, 7], [-100, -100, 8, 9, -100, -100]])
+    inputs = {"input_ids": labels.clamp(min=3), "attention_mask": torch.tensor([[1] * 6, [1] * 4 + [0] * 2])}
+    with torch.no_grad():
+        token_loss, trained, outputs = assistant_token_losses(model, inputs, labels)
+        full_logits = model(**inputs).logits[:, :-1].float()
+    assert outputs.logits.shape[1] == 4  # positions 1..4 precede a trained token in some row; 0 does not
+    full = torch.nn.functional.cross_entropy(
+        full_logits.reshape(-1, full_logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100, reduction="none"
+    )
+    assert torch.allclose(token_loss[trained], full[labels[:, 1:].reshape(-1).ne(-100)])
+    assert int(trained.sum()) == 5
 
 
 def test_same_data_and_seed_give_the_same_model_id(tiny_lm, tmp_path):

@@ -1,0 +1,72 @@
+"""LoRA training step: logits only where a token is trained vs the full vocabulary projection of every position.
+
+Run: ``.venv/bin/python benchmarks/lora_step.py [--model local] [--batch 8] [--length 300] [--answer 60]``.
+Rows are shaped like the optimizer's: a long prompt (profile + request) and a short assistant answer at the end.
+Both variants train the same LoRA model (forward, backward, AdamW step), alternating, and the script prints the
+median step time of each and their ratio (kept / full; below 1 is faster).
+"""
+
+import argparse
+import statistics
+import time
+
+import torch
+from peft import LoraConfig, get_peft_model
+
+import restpg_dspy
+from restpg_dspy.finetune import assistant_token_losses
+from restpg_dspy.models import load_causal_lm
+
+
+def full_logits_loss(model, inputs, labels):
+    logits = model(**inputs).logits[:, :-1, :].float()
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1))
+
+
+def kept_logits_loss(model, inputs, labels):
+    token_loss, trained, _ = assistant_token_losses(model, inputs, labels)
+    return (token_loss * trained).sum() / trained.sum()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="local", help="'local' or 'local:<path>'")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--length", type=int, default=300, help="tokens per row")
+    parser.add_argument("--answer", type=int, default=60, help="trained (assistant) tokens at the end of each row")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per variant")
+    args = parser.parse_args()
+
+    loaded = restpg_dspy.lm(args.model).engine.loaded
+    model = load_causal_lm(loaded.path, torch.float32, loaded.device)
+    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(10, loaded.tokenizer.vocab_size, (args.batch, args.length), generator=generator)
+    labels = torch.full_like(input_ids, -100)
+    labels[:, -args.answer :] = input_ids[:, -args.answer :]
+    inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+
+    variants = {"full logits": full_logits_loss, "kept logits": kept_logits_loss}
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    losses: dict[str, float] = {}
+    for step in range(args.steps + 1):  # the first round warms up and is not timed
+        for name, loss_fn in variants.items():
+            start = time.perf_counter()
+            loss = loss_fn(model, inputs, labels)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            if step:
+                times[name].append(time.perf_counter() - start)
+            losses[name] = loss.detach().item()
+
+    print(f"model: {loaded.name}  batch: {args.batch} x {args.length} tokens, {args.answer} trained per row")
+    for name in variants:
+        print(f"{name:12s} median step {statistics.median(times[name]):6.2f} s  (last loss {losses[name]:.3f})")
+    ratio = statistics.median(times["kept logits"]) / statistics.median(times["full logits"])
+    print(f"ratio kept/full: {ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()
