@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 import json
 import logging
 import math
@@ -35,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from dspy.clients.provider import Provider, TrainingJob
 
 from restpg_dspy.engine import adapter_hash, default_adapter_root
-from restpg_dspy.models import load_causal_lm, resolve_dtype
+from restpg_dspy.models import accepts_logits_to_keep, load_causal_lm, resolve_dtype
 from restpg_dspy.training_data import tokenize_rows, validate_rows
 
 if TYPE_CHECKING:
@@ -204,8 +203,7 @@ def assistant_token_losses(model: Any, inputs: dict[str, Any], labels: Any) -> t
     import torch
 
     next_trained = labels[:, 1:].ne(-100)
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if _accepts_logits_to_keep(type(base)):
+    if accepts_logits_to_keep(model):
         positions = next_trained.any(dim=0).nonzero().squeeze(1)
         outputs = model(**inputs, logits_to_keep=positions)
         logits = outputs.logits
@@ -218,11 +216,6 @@ def assistant_token_losses(model: Any, inputs: dict[str, Any], labels: Any) -> t
         logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="none"
     ).view(targets.shape)
     return token_loss, targets.ne(-100), outputs
-
-
-@functools.cache
-def _accepts_logits_to_keep(model_class: type) -> bool:
-    return "logits_to_keep" in inspect.signature(model_class.forward).parameters
 
 
 @functools.cache

@@ -2,7 +2,8 @@
 
 Every row of a batch keeps its own temperature, nucleus/top-k filter, token budget, stop strings and random
 generator, so a request's sample depends on its own seed and not on which other requests shared its batch.
-Rows leave the batch (and its KV cache) as soon as they finish.
+Rows with the same prompt (several samples of one input) share one prefill; rows leave the batch (and its KV
+cache) as soon as they finish.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+from restpg_dspy.models import accepts_logits_to_keep
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,9 @@ def generate(
 ) -> list[Completion]:
     """Generate one completion per prompt in a single left-padded batch with a shared KV cache.
 
+    Each distinct prompt is prefilled once (logits of its last position only) and its cache copied to every row
+    that asked for it, so ``n`` samples of one prompt cost one prompt's prefill.
+
     Args:
         model: A ``transformers`` causal LM (a PEFT model works too).
         tokenizer: Its tokenizer, used to decode and to check stop strings.
@@ -132,25 +138,31 @@ def generate(
     if len(prompts) != len(params):
         raise ValueError("generate needs one SamplingParams per prompt")
     device = model.device
+    distinct: dict[tuple[int, ...], int] = {}
+    source = [distinct.setdefault(tuple(prompt), len(distinct)) for prompt in prompts]
     width = max(len(p) for p in prompts)
     pad_id = tokenizer.pad_token_id
-    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long, device=device)
-    attention = torch.zeros((len(prompts), width), dtype=torch.long, device=device)
-    for row, prompt in enumerate(prompts):
+    input_ids = torch.full((len(distinct), width), pad_id, dtype=torch.long, device=device)
+    attention = torch.zeros((len(distinct), width), dtype=torch.long, device=device)
+    for row, prompt in enumerate(distinct):
         input_ids[row, width - len(prompt) :] = torch.tensor(prompt, device=device)
         attention[row, width - len(prompt) :] = 1
     positions = (attention.cumsum(dim=-1) - 1).clamp(min=0)
+    last_only = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
+    output = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True, **last_only)
+    cache, logits = output.past_key_values, output.logits[:, -1, :]
+    if len(distinct) < len(prompts):
+        rows = torch.tensor(source, device=device)
+        cache.batch_select_indices(rows)
+        attention, positions, logits = attention[rows], positions[rows], logits[rows]
 
     generators = [_generator(p.seed, device) for p in params]
     tokens: list[list[int]] = [[] for _ in prompts]
     scores: list[list[TokenScore] | None] = [[] if p.logprobs is not None else None for p in params]
     finish = ["length"] * len(prompts)
     active = list(range(len(prompts)))
-
-    output = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True)
-    cache = output.past_key_values
     while True:
-        logits = output.logits[:, -1, :].float()
+        logits = logits.float()
         next_ids = _choose_tokens(logits, [params[r] for r in active], [generators[r] for r in active])
         keep = []
         for j, row in enumerate(active):
@@ -183,6 +195,7 @@ def generate(
         output = model(
             input_ids=step_ids, attention_mask=attention, position_ids=positions, past_key_values=cache, use_cache=True
         )
+        logits = output.logits[:, -1, :]
 
     results = []
     for row, p in enumerate(params):

@@ -12,8 +12,10 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
+import inspect
 import os
 import shutil
 import tempfile
@@ -231,6 +233,17 @@ def load_causal_lm(path: Path, dtype: Any, device: str) -> Any:
             "which is not a causal language model"
         )
     return AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+
+
+def accepts_logits_to_keep(model: Any) -> bool:
+    """Whether ``model`` (a PEFT wrapper is unwrapped) can compute logits for chosen positions only."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return _forward_accepts(type(base), "logits_to_keep")
+
+
+@functools.cache
+def _forward_accepts(model_class: type, name: str) -> bool:
+    return name in inspect.signature(model_class.forward).parameters
 
 
 def _display_name(spec: str, path: Path) -> str:

@@ -58,6 +58,24 @@ def test_rows_of_different_lengths_match_their_solo_runs(tiny):
     assert [b.prompt_tokens for b in batched] == [len(prompt), len(short)]
 
 
+def test_samples_of_one_prompt_share_its_prefill_and_match_solo_runs(tiny):
+    loaded, _eos, prompt = tiny
+    short = loaded.tokenizer("Hi")["input_ids"]
+    prefill_rows = []
+    hook = loaded.model.get_input_embeddings().register_forward_hook(
+        lambda module, args, out: prefill_rows.append(args[0].shape[0])
+    )
+    try:
+        params = [SamplingParams(max_tokens=8, temperature=1.0, seed=s) for s in (1, 2, 3)] + [SamplingParams(5)]
+        batched = run(tiny, params, [prompt, short, prompt, prompt])
+    finally:
+        hook.remove()
+    assert prefill_rows[0] == 2  # two distinct prompts for four rows
+    for row, (p, text) in enumerate(zip(params, [prompt, short, prompt, prompt], strict=True)):
+        assert batched[row].token_ids == run(tiny, [p], [text])[0].token_ids
+    assert batched[0].token_ids != batched[2].token_ids  # the copies of one prefill still sample independently
+
+
 def test_stop_string_cuts_text_and_finishes_with_stop(tiny):
     reference = run(tiny, [SamplingParams(max_tokens=10)])[0]
     loaded = tiny[0]
