@@ -18,7 +18,7 @@ DEMO_CONFIG: dict[str, Any] = {
     "run_dir": "runs/demo",
     "methods": ["personalized", "sft", "rest-pg"],
     "metrics": ["rouge_1", "rouge_l", "meteor"],
-    "synthetic_train_users": 6,
+    "synthetic_train_users": 4,
     "synthetic_test_users": 6,
     "max_tokens": 80,
     "optimizer": {"rounds": 1, "samples_per_input": 4, "max_per_input": 1},
