@@ -7,11 +7,11 @@ median step time of each and their ratio (kept / full; below 1 is faster).
 """
 
 import argparse
-import statistics
-import time
+import functools
 
 import torch
 from peft import LoraConfig, get_peft_model
+from side_by_side import median_times, print_ratio
 
 import restpg_dspy
 from restpg_dspy.finetune import assistant_token_losses
@@ -47,25 +47,19 @@ def main() -> None:
     labels[:, -args.answer :] = input_ids[:, -args.answer :]
     inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
 
+    def train_step(loss_fn):
+        loss = loss_fn(model, inputs, labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        return loss.detach().item()
+
     variants = {"full logits": full_logits_loss, "kept logits": kept_logits_loss}
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    losses: dict[str, float] = {}
-    for step in range(args.steps + 1):  # the first round warms up and is not timed
-        for name, loss_fn in variants.items():
-            start = time.perf_counter()
-            loss = loss_fn(model, inputs, labels)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-            if step:
-                times[name].append(time.perf_counter() - start)
-            losses[name] = loss.detach().item()
+    results = median_times({name: functools.partial(train_step, fn) for name, fn in variants.items()}, args.steps)
 
     print(f"model: {loaded.name}  batch: {args.batch} x {args.length} tokens, {args.answer} trained per row")
-    for name in variants:
-        print(f"{name:12s} median step {statistics.median(times[name]):6.2f} s  (last loss {losses[name]:.3f})")
-    ratio = statistics.median(times["kept logits"]) / statistics.median(times["full logits"])
-    print(f"ratio kept/full: {ratio:.2f}")
+    print_ratio(results, "kept logits", "full logits")
+    print("last losses: " + ", ".join(f"{name} {loss:.3f}" for name, (_, loss) in results.items()))
 
 
 if __name__ == "__main__":

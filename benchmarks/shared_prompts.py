@@ -7,8 +7,9 @@ median wall time of each (alternating runs) and their ratio (shared / distinct; 
 """
 
 import argparse
-import statistics
-import time
+import functools
+
+from side_by_side import median_times, print_ratio
 
 import restpg_dspy
 from restpg_dspy.generation import SamplingParams, generate
@@ -32,19 +33,16 @@ def main() -> None:
     # Every row generates exactly max_tokens (no end-of-sequence token), so both batches produce the same tokens.
     params = [SamplingParams(max_tokens=args.max_tokens, temperature=1.0, seed=i) for i in range(args.rows)]
 
-    times: dict[str, list[float]] = {name: [] for name in batches}
-    for repeat in range(args.repeats + 1):  # the first round warms up and is not timed
-        for name, prompts in batches.items():
-            start = time.perf_counter()
-            generate(loaded.model, loaded.tokenizer, prompts, params, eos_token_ids=set())
-            if repeat:
-                times[name].append(time.perf_counter() - start)
+    results = median_times(
+        {
+            name: functools.partial(generate, loaded.model, loaded.tokenizer, prompts, params, eos_token_ids=set())
+            for name, prompts in batches.items()
+        },
+        args.repeats,
+    )
 
     print(f"model: {loaded.name}  rows: {args.rows}  prompt: {args.prompt_tokens} tokens  new: {args.max_tokens}")
-    for name in batches:
-        print(f"{name:17s} median {statistics.median(times[name]):6.2f} s")
-    ratio = statistics.median(times["one prompt"]) / statistics.median(times["distinct prompts"])
-    print(f"ratio one prompt/distinct: {ratio:.2f}")
+    print_ratio(results, "one prompt", "distinct prompts")
 
 
 if __name__ == "__main__":
