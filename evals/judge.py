@@ -23,6 +23,8 @@ from typing import Any
 import dspy
 from dspy.lm15 import Config, Message, Request
 
+from restpg_dspy.evals.metrics import reference_and_response
+
 RUBRIC = (
     "You grade personalized writing. For one request, compare a generated text with the text the user actually "
     "wrote. Score from 1 to 10: 1 = unrelated; 3 = same topic, different content and style; 5 = partly the same "
@@ -58,9 +60,7 @@ class LLMJudge:
         self._lock = threading.Lock()
 
     def __call__(self, example: Any, prediction: Any, trace: Any = None) -> float:
-        reference, response = example.get("output"), getattr(prediction, "response", None)
-        if not isinstance(reference, str) or not isinstance(response, str):
-            raise ValueError("the judge needs example.output and prediction.response as strings")
+        reference, response = reference_and_response(example, prediction)
         return self.score(example.get("request", ""), reference, response) / 10
 
     def score(self, request: str, reference: str, response: str) -> int:

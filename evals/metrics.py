@@ -26,7 +26,12 @@ def _scorer(kind: str) -> Any:
     return rouge_scorer.RougeScorer([kind], use_stemmer=True)
 
 
-def _texts(example: Any, prediction: Any) -> tuple[str, str]:
+def reference_and_response(example: Any, prediction: Any) -> tuple[str, str]:
+    """``example.output`` and ``prediction.response``, the two texts every metric compares.
+
+    Raises:
+        ValueError: either one is missing or not a string.
+    """
     reference = example.get("output")
     response = getattr(prediction, "response", None)
     if not isinstance(reference, str):
@@ -38,13 +43,13 @@ def _texts(example: Any, prediction: Any) -> tuple[str, str]:
 
 def rouge_1(example: Any, prediction: Any, trace: Any = None) -> float:
     """ROUGE-1 F1 (stemmed) of ``prediction.response`` against ``example.output``."""
-    reference, response = _texts(example, prediction)
+    reference, response = reference_and_response(example, prediction)
     return _scorer("rouge1").score(reference, response)["rouge1"].fmeasure
 
 
 def rouge_l(example: Any, prediction: Any, trace: Any = None) -> float:
     """ROUGE-L F1 (stemmed) of ``prediction.response`` against ``example.output``."""
-    reference, response = _texts(example, prediction)
+    reference, response = reference_and_response(example, prediction)
     return _scorer("rougeL").score(reference, response)["rougeL"].fmeasure
 
 
@@ -63,7 +68,7 @@ class _NoSynonyms:
 def _meteor(example: Any, prediction: Any, wordnet: Any) -> float:
     from nltk.translate.meteor_score import meteor_score
 
-    reference, response = _texts(example, prediction)
+    reference, response = reference_and_response(example, prediction)
     return meteor_score([_WORD.findall(reference.lower())], _WORD.findall(response.lower()), wordnet=wordnet)
 
 

@@ -12,16 +12,18 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 Summary = dict[str, dict[str, Any]]
 
 
-def _cell(stats: dict[str, Any] | None) -> str:
-    if not stats or stats.get("mean") is None or stats["mean"] != stats["mean"]:
+def format_interval(stats: dict[str, Any] | None, digits: int = 4) -> str:
+    """``"mean [low, high]"`` of one summary entry, or ``"–"`` when nothing was scored."""
+    if not stats or stats.get("mean") is None or math.isnan(stats["mean"]):
         return "–"
-    return f"{stats['mean']:.4f} [{stats['ci_low']:.4f}, {stats['ci_high']:.4f}]"
+    return f"{stats['mean']:.{digits}f} [{stats['ci_low']:.{digits}f}, {stats['ci_high']:.{digits}f}]"
 
 
 def markdown_table(results: dict[str, dict[str, Summary]], metrics: list[str]) -> str:
@@ -30,7 +32,7 @@ def markdown_table(results: dict[str, dict[str, Summary]], metrics: list[str]) -
     header = ["method", *(f"{task} {metric}" for task in tasks for metric in metrics)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method, by_task in results.items():
-        cells = [_cell(by_task.get(task, {}).get(metric)) for task in tasks for metric in metrics]
+        cells = [format_interval(by_task.get(task, {}).get(metric)) for task in tasks for metric in metrics]
         lines.append("| " + " | ".join([method, *cells]) + " |")
     return "\n".join(lines)
 
@@ -76,15 +78,17 @@ def report_compile_run(run_dir: str | Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from restpg_dspy.optimizers.restpg import STAGE_FIELDS
+    from restpg_dspy.optimizers.run_dir import read_jsonl
+
     run_dir = Path(run_dir)
     history = json.loads((run_dir / "history.json").read_text()) if (run_dir / "history.json").exists() else []
     rounds = sorted((p for p in run_dir.glob("round_*") if p.is_dir()), key=lambda p: int(p.name.split("_")[1]))
     rewards, keep = {}, {}
     for folder in rounds:
-        samples = [json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines() if line.strip()]
+        samples = read_jsonl(folder / "samples.jsonl")
         rewards[folder.name] = [s["reward"] for s in samples if s.get("reward") is not None]
-        kept_file = folder / "kept.jsonl"
-        kept = len(kept_file.read_text().splitlines()) if kept_file.exists() else 0
+        kept = len(read_jsonl(folder / "kept.jsonl"))
         keep[folder.name] = kept / len(rewards[folder.name]) if rewards[folder.name] else 0.0
     written = []
     if rewards:
@@ -104,8 +108,6 @@ def report_compile_run(run_dir: str | Path) -> list[Path]:
         figure.savefig(run_dir / "keep_rates.png", dpi=120)
         plt.close(figure)
         written += [run_dir / "rewards.png", run_dir / "keep_rates.png"]
-    from restpg_dspy.optimizers.restpg import STAGE_FIELDS
-
     present = [c for c in STAGE_FIELDS if any(c in entry for entry in history)]
     lines = [f"# Compile run {run_dir}", "", "| " + " | ".join(present) + " |", "|" + "---|" * len(present)]
     lines += ["| " + " | ".join(str(entry.get(c, "")) for c in present) + " |" for entry in history]

@@ -168,6 +168,40 @@ def resolve_metrics(names: list[str], judge: Any = None) -> list[Any]:
     return metrics
 
 
+def config_lms(config: TableConfig) -> tuple[dspy.LM, dspy.LM | None, dspy.LM | None]:
+    """The student, teacher and judge LMs of ``config`` (teacher and judge are ``None`` when unset)."""
+    import restpg_dspy
+
+    student = restpg_dspy.lm(config.student, max_tokens=config.max_tokens)
+    teacher = restpg_dspy.lm(config.teacher, max_tokens=config.max_tokens) if config.teacher else None
+    judge = restpg_dspy.lm(config.judge) if config.judge else None
+    return student, teacher, judge
+
+
+def report_metrics(config: TableConfig, judge: Any = None) -> list[Any]:
+    """The metrics ``config`` names, plus ``llm_judge`` whenever a judge is set."""
+    extra = ["llm_judge"] if judge is not None and "llm_judge" not in config.metrics else []
+    return resolve_metrics([*config.metrics, *extra], judge)
+
+
+def compile_method(
+    program: dspy.Module,
+    optimizer_class: type,
+    config: TableConfig,
+    *,
+    trainset: list[dspy.Example],
+    teacher: dspy.LM | None,
+    judge: Any,
+    run_dir: str | Path,
+    **settings: Any,
+) -> dspy.Module:
+    """Compile ``program`` with ``optimizer_class`` as ``config`` says (``settings`` override ``config.optimizer``)."""
+    reward = resolve_metrics([config.reward], judge)[0]
+    options = {"num_threads": config.num_threads, "train_kwargs": config.train_kwargs, **config.optimizer, **settings}
+    optimizer = optimizer_class(reward, run_dir=str(run_dir), **options)
+    return optimizer.compile(program, trainset=trainset, teacher=teacher)
+
+
 def build_method(name: str, config: TableConfig, student: dspy.LM) -> tuple[dspy.Module, Any]:
     """The program of a method on ``student`` and its optimizer class (``None`` when uncompiled)."""
     from restpg_dspy.optimizers import RESTPG, SFT, ReSTEM, SFTWithReasoning
@@ -196,7 +230,6 @@ def run_table(config: TableConfig) -> dict[str, dict[str, Any]]:
     Returns:
         ``results[method][task]`` = the evaluation summary (per metric: mean, interval, n, errors).
     """
-    import restpg_dspy
     from restpg_dspy.evals import evaluate
     from restpg_dspy.evals.evaluate import metric_name
     from restpg_dspy.evals.report import markdown_table, plot_scores
@@ -204,12 +237,8 @@ def run_table(config: TableConfig) -> dict[str, dict[str, Any]]:
     root = Path(config.run_dir)
     root.mkdir(parents=True, exist_ok=True)
     (root / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
-    student = restpg_dspy.lm(config.student, max_tokens=config.max_tokens)
-    teacher = restpg_dspy.lm(config.teacher, max_tokens=config.max_tokens) if config.teacher else None
-    judge = restpg_dspy.lm(config.judge) if config.judge else None
-    names = [*config.metrics, *(["llm_judge"] if judge is not None and "llm_judge" not in config.metrics else [])]
-    metrics = resolve_metrics(names, judge)
-    reward = resolve_metrics([config.reward], judge)[0]
+    student, teacher, judge = config_lms(config)
+    metrics = report_metrics(config, judge)
     results: dict[str, dict[str, Any]] = {}
     for task in config.tasks:
         trainset, testset = load_task(task, config)
@@ -217,9 +246,10 @@ def run_table(config: TableConfig) -> dict[str, dict[str, Any]]:
         for method in config.methods:
             program, optimizer = build_method(method, config, student)
             if optimizer is not None:
-                settings = {"num_threads": config.num_threads, "train_kwargs": config.train_kwargs, **config.optimizer}
-                compiled = optimizer(reward, run_dir=str(root / slug / method), **settings)
-                program = compiled.compile(program, trainset=trainset, teacher=teacher)
+                run_dir = root / slug / method
+                program = compile_method(
+                    program, optimizer, config, trainset=trainset, teacher=teacher, judge=judge, run_dir=run_dir
+                )
             result = evaluate(program, testset, metrics, cache_dir=root / "cache", num_threads=config.num_threads)
             (root / slug).mkdir(parents=True, exist_ok=True)
             result.to_jsonl(root / slug / f"{method}.predictions.jsonl")

@@ -45,6 +45,7 @@ from restpg_dspy.engine import LocalEngine
 from restpg_dspy.optimizers.run_dir import RunDir
 from restpg_dspy.optimizers.traces import (
     Trace,
+    adapter_of,
     forced,
     output_field,
     predictor_lms,
@@ -277,7 +278,7 @@ class RESTPG(Teleprompter):
     ) -> dict[str, str]:
         done = {row["id"]: row for row in run.read_jsonl("teacher_reasoning.jsonl")}
         todo = [example for example in trainset if example.id not in done]
-        adapter = getattr(template, "adapter", None)
+        adapter = adapter_of(template)
         hindsight = dspy.Predict(HindsightReasoning)
         hindsight.lm = teacher
 
@@ -289,7 +290,7 @@ class RESTPG(Teleprompter):
                     def output_for(name: str, inputs: dict[str, Any], attempt: int = attempt) -> str:
                         if name not in reasoning_names:
                             return example[self.target_field]
-                        with dspy.context(adapter=adapter or dspy.settings.adapter):
+                        with dspy.context(adapter=adapter):
                             notes = hindsight(
                                 request=inputs.get("request", ""),
                                 profile=inputs.get("profile", ""),

@@ -61,25 +61,10 @@ class RunDir:
         return json.loads(path.read_text()) if path.exists() else None
 
     def write_json(self, name: str, value: Any) -> None:
-        """Write atomically: a reader sees the old file or the new one, never half of it."""
-        target = self.file(name)
-        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-        with os.fdopen(handle, "w") as out:
-            json.dump(value, out, indent=2, default=str)
-        os.replace(temporary, target)
+        self._write_atomic(name, json.dumps(value, indent=2, default=str))
 
     def read_jsonl(self, name: str) -> list[dict[str, Any]]:
-        """All complete lines (a line cut off by a crash is ignored)."""
-        path = self.path / name
-        if not path.exists():
-            return []
-        rows = []
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        return rows
+        return read_jsonl(self.path / name)
 
     def append_jsonl(self, name: str, row: dict[str, Any]) -> None:
         line = json.dumps(row, default=str) + "\n"
@@ -93,8 +78,25 @@ class RunDir:
             out.flush()
 
     def write_jsonl(self, name: str, rows: list[dict[str, Any]]) -> None:
+        self._write_atomic(name, "".join(json.dumps(row, default=str) + "\n" for row in rows))
+
+    def _write_atomic(self, name: str, text: str) -> None:
+        """A reader sees the old file or the new one, never half of it."""
         target = self.file(name)
         handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
         with os.fdopen(handle, "w") as out:
-            out.writelines(json.dumps(row, default=str) + "\n" for row in rows)
+            out.write(text)
         os.replace(temporary, target)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """All complete lines of a JSONL file, ``[]`` when it is missing (a line cut off by a crash is ignored)."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows

@@ -124,7 +124,7 @@ def _config(args: argparse.Namespace) -> Any:
 
 def run_demo(run_dir: str) -> None:
     """The main job on the embedded model: compile SFT and REST-PG, evaluate on held-out users, print the table."""
-    from restpg_dspy.evals.report import report_compile_run
+    from restpg_dspy.evals.report import format_interval, report_compile_run
     from restpg_dspy.evals.table import TableConfig, run_table
 
     config = TableConfig(**{**DEMO_CONFIG, "run_dir": run_dir})
@@ -143,53 +143,44 @@ def run_demo(run_dir: str) -> None:
     print(header)
     for method in config.methods:
         summary = results[method]["synthetic"]
-        cells = "".join(
-            f"{summary[m]['mean']:.3f} [{summary[m]['ci_low']:.3f}, {summary[m]['ci_high']:.3f}]".rjust(28)
-            for m in summary
-        )
+        cells = "".join(format_interval(summary[m], digits=3).rjust(28) for m in summary)
         print(f"{METHOD_LABELS[method]:32s}{cells}")
     print(f"\nTable: {run_dir}/table.md   plots: {run_dir}/scores_*.png, {run_dir}/synthetic/rest-pg/rewards.png")
 
 
 def run_compile(args: argparse.Namespace) -> None:
-    import restpg_dspy
-    from restpg_dspy.evals.table import build_method, load_task, resolve_metrics
+    from restpg_dspy.evals.table import build_method, compile_method, config_lms, load_task
 
     config = _config(args)
     if args.method not in ("sft", "sft-reasoning", "rest-em", "rest-pg"):
         raise UserError(f"--method must be sft, sft-reasoning, rest-em or rest-pg, not {args.method!r}")
-    optimizer_settings = {**config.optimizer}
-    if args.rounds is not None:
-        optimizer_settings["rounds"] = args.rounds
-    if args.samples is not None:
-        optimizer_settings["samples_per_input"] = args.samples
-    student = restpg_dspy.lm(config.student, max_tokens=config.max_tokens)
-    teacher = restpg_dspy.lm(config.teacher, max_tokens=config.max_tokens) if config.teacher else None
-    judge = restpg_dspy.lm(config.judge) if config.judge else None
+    overrides = {"rounds": args.rounds, "samples_per_input": args.samples}
+    student, teacher, judge = config_lms(config)
     trainset, _ = load_task(config.tasks[0], config)
     program, optimizer = build_method(args.method, config, student)
-    reward = resolve_metrics([config.reward], judge)[0]
     run_dir = Path(config.run_dir)
-    compiled = optimizer(
-        reward,
-        run_dir=str(run_dir),
-        num_threads=config.num_threads,
-        train_kwargs=config.train_kwargs,
-        **optimizer_settings,
-    ).compile(program, trainset=trainset, teacher=teacher)
+    compiled = compile_method(
+        program,
+        optimizer,
+        config,
+        trainset=trainset,
+        teacher=teacher,
+        judge=judge,
+        run_dir=run_dir,
+        **{k: v for k, v in overrides.items() if v is not None},
+    )
     compiled.save(str(run_dir / "program.json"))
     (run_dir / "program_kind.json").write_text(json.dumps({"method": args.method, "config": vars(args)}, default=str))
     print(f"compiled program saved to {run_dir / 'program.json'}")
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
-    import restpg_dspy
     from restpg_dspy.evals import evaluate
-    from restpg_dspy.evals.table import build_method, load_task, resolve_metrics
+    from restpg_dspy.evals.report import format_interval
+    from restpg_dspy.evals.table import build_method, config_lms, load_task, report_metrics
 
     config = _config(args)
-    student = restpg_dspy.lm(config.student, max_tokens=config.max_tokens)
-    judge = restpg_dspy.lm(config.judge) if config.judge else None
+    student, _, judge = config_lms(config)
     _, testset = load_task(config.tasks[0], config)
     if args.program:
         path = Path(args.program)
@@ -202,11 +193,10 @@ def run_evaluate(args: argparse.Namespace) -> None:
         if args.method not in ("no-personalization", "rag", "personalized"):
             raise UserError("without --program, --method must be no-personalization, rag or personalized")
         program, _ = build_method(args.method, config, student)
-    names = [*config.metrics, *(["llm_judge"] if judge is not None and "llm_judge" not in config.metrics else [])]
     result = evaluate(
         program,
         testset,
-        resolve_metrics(names, judge),
+        report_metrics(config, judge),
         cache_dir=Path(config.run_dir) / "cache",
         num_threads=config.num_threads,
     )
@@ -216,7 +206,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
     result.to_csv(out / "evaluation.csv")
     for name, stats in result.summary().items():
         print(
-            f"{name:24s} {stats['mean']:.4f} [{stats['ci_low']:.4f}, {stats['ci_high']:.4f}]  n={stats['n']} "
+            f"{name:24s} {format_interval(stats)}  n={stats['n']} "
             f"errors={stats['errors']} missing_field={stats['missing_field']}"
         )
     print(f"per-example results: {out / 'evaluation.jsonl'} ({result.cached_predictions} predictions from the cache)")

@@ -230,3 +230,15 @@ def test_meteor_is_safe_from_many_threads():
     expected = [meteor(*p) for p in pairs]
     with ThreadPoolExecutor(8) as pool:
         assert list(pool.map(lambda p: meteor(*p), pairs)) == expected
+
+
+def test_compile_run_report_skips_a_line_cut_off_by_a_crash(tmp_path):
+    (tmp_path / "round_1").mkdir()
+    (tmp_path / "history.json").write_text(json.dumps([{"stage": "round_1", "rows": 1, "keep_rate": 0.5}]))
+    samples = [{"id": "a", "index": i, "reward": r} for i, r in enumerate([0.2, 0.6])]
+    cut_off = '{"id": "a", "index": 2, "rew'
+    (tmp_path / "round_1" / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples) + cut_off)
+    (tmp_path / "round_1" / "kept.jsonl").write_text(json.dumps(samples[1]) + "\n")
+    files = report_compile_run(tmp_path)
+    assert {f.name for f in files} == {"rewards.png", "keep_rates.png", "report.md"}
+    assert "| round_1 | 1 | 0.5 |" in (tmp_path / "report.md").read_text()
