@@ -93,3 +93,36 @@ def meteor(example: Any, prediction: Any, trace: Any = None) -> float:
 def meteor_without_synonyms(example: Any, prediction: Any, trace: Any = None) -> float:
     """METEOR with exact and stem matches only (no WordNet): not comparable to published METEOR numbers."""
     return _meteor(example, prediction, _NoSynonyms())
+
+
+class WeightedMean:
+    """A metric that is the weighted mean of other metrics, e.g. ROUGE-L and option accuracy as one reward.
+
+    Args:
+        weights: ``{metric: weight}``; weights are positive and need not sum to 1.
+
+    Example:
+        >>> import dspy
+        >>> from restpg_dspy.evals import WeightedMean, option_accuracy, rouge_l
+        >>> reward = WeightedMean({rouge_l: 1, option_accuracy: 1})
+        >>> reward.__name__
+        'rouge_l+option_accuracy'
+        >>> options = ["the cheap inn", "a lake hut"]
+        >>> example = dspy.Example(output="the cheap inn", options=options, answer="the cheap inn")
+        >>> reward(example, dspy.Prediction(response="the cheap inn"))
+        1.0
+    """
+
+    def __init__(self, weights: dict[Any, float]):
+        if not weights or any(w <= 0 for w in weights.values()):
+            raise ValueError("a weighted mean needs at least one metric, each with a positive weight")
+        self.weights = dict(weights)
+        names = [getattr(m, "__name__", type(m).__name__) for m in self.weights]
+        equal = len(set(self.weights.values())) == 1
+        self.__name__ = "+".join(
+            n if equal else f"{w:g}*{n}" for n, w in zip(names, self.weights.values(), strict=True)
+        )
+
+    def __call__(self, example: Any, prediction: Any, trace: Any = None) -> float:
+        total = sum(self.weights.values())
+        return sum(w * float(metric(example, prediction)) for metric, w in self.weights.items()) / total

@@ -14,8 +14,12 @@ name                        program                 optimizer
 ``rest-pg``                 PersonalizedWriter      RESTPG
 ==========================  ======================  ===================
 
-Tasks: ``synthetic`` (the offline benchmark), ``longlamp:<task>`` (the hub) or ``longlamp:<task>:<path>`` (local
-files; ``{split}`` in the path is replaced by ``train``/``test``).
+Tasks: ``synthetic`` (the offline task named by ``synthetic_task``), ``longlamp:<task>`` (the hub) or
+``longlamp:<task>:<path>`` (local files; ``{split}`` in the path is replaced by ``train``/``test``).
+
+After the table, each adjacent pair of the paper's order (:data:`PAPER_ORDER`) is compared example by example
+(:func:`restpg_dspy.evals.paired_bootstrap`, resampling users), on all test examples and, for ``implicit_choice``,
+separately on seen and held-out evidence wordings: ``paired.md`` and ``paired.json``.
 
 Example:
     >>> from restpg_dspy.evals.table import TableConfig
@@ -37,6 +41,8 @@ import dspy
 logger = logging.getLogger(__name__)
 
 METHODS = ("no-personalization", "rag", "personalized", "sft", "sft-reasoning", "rest-em", "rest-pg")
+# The paper's ordering, best first: each adjacent pair is compared with a paired interval.
+PAPER_ORDER = ("rest-pg", "rest-em", "sft", "rag", "no-personalization")
 
 
 @dataclass
@@ -49,9 +55,11 @@ class TableConfig:
         teacher: Backend string of the hindsight-reasoning teacher (default: the student).
         judge: Backend string of an LLM judge; adds the ``llm_judge`` metric.
         tasks: ``synthetic``, ``longlamp:<task>`` or ``longlamp:<task>:<path with {split}>``.
+        synthetic_task: The task ``synthetic`` generates: ``implicit_choice`` or ``life_facts``.
         methods: Rows of the table, from :data:`METHODS`.
-        metrics: ``rouge_1``, ``rouge_l``, ``meteor`` (and ``llm_judge`` when a judge is set).
-        reward: The metric that scores E-step samples.
+        metrics: ``rouge_1``, ``rouge_l``, ``meteor``, ``option_accuracy`` (and ``llm_judge`` when a judge is set).
+        reward: The metric that scores E-step samples; ``a+b`` is the mean of two metrics, ``0.7*a+0.3*b`` a
+            weighted mean.
         train_limit: Most training examples per task (LongLaMP).
         test_limit: Most test examples per task (LongLaMP).
         synthetic_train_users: Users in the synthetic training split.
@@ -59,7 +67,9 @@ class TableConfig:
         seed: Data sampling seed.
         retriever: ``bm25``, ``dense`` or ``recency``.
         k: Profile items retrieved.
-        max_tokens: Token budget of each generation.
+        max_tokens: Token budget of each generation (the LMs' default).
+        reasoning_max_tokens: Token budget of the reasoning step (default: ``max_tokens``).
+        response_max_tokens: Token budget of the response step (default: ``max_tokens``).
         num_threads: Concurrent program runs.
         optimizer: Keyword arguments of the optimizers (``rounds``, ``samples_per_input``, ``threshold``, ...).
         train_kwargs: Fine-tuning settings (see ``restpg_dspy.finetune.LoRATrainingConfig``).
@@ -70,6 +80,7 @@ class TableConfig:
     teacher: str | None = None
     judge: str | None = None
     tasks: list[str] = field(default_factory=lambda: ["synthetic"])
+    synthetic_task: str = "implicit_choice"
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     metrics: list[str] = field(default_factory=lambda: ["rouge_1", "rouge_l", "meteor"])
     reward: str = "rouge_l"
@@ -81,6 +92,8 @@ class TableConfig:
     retriever: str = "bm25"
     k: int = 2
     max_tokens: int = 128
+    reasoning_max_tokens: int | None = None
+    response_max_tokens: int | None = None
     num_threads: int = 16
     optimizer: dict[str, Any] = field(default_factory=dict)
     train_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -91,6 +104,14 @@ class TableConfig:
             raise ValueError(f"unknown methods {unknown}; choose from {list(METHODS)}")
         if self.retriever not in ("bm25", "dense", "recency"):
             raise ValueError(f"unknown retriever {self.retriever!r}; choose bm25, dense or recency")
+        from restpg_dspy.data import TASKS
+
+        if self.synthetic_task not in TASKS:
+            raise ValueError(f"unknown synthetic_task {self.synthetic_task!r}; choose one of {sorted(TASKS)}")
+        for name in ("max_tokens", "reasoning_max_tokens", "response_max_tokens"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+                raise ValueError(f"{name} must be a positive number of tokens, not {value!r}")
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> TableConfig:
@@ -125,9 +146,10 @@ def load_task(spec: str, config: TableConfig) -> tuple[list[dspy.Example], list[
     from restpg_dspy.data import load_longlamp, synthetic
 
     if spec == "synthetic":
+        task = config.synthetic_task
         return (
-            synthetic("train", seed=config.seed, users=config.synthetic_train_users),
-            synthetic("test", seed=config.seed, users=config.synthetic_test_users),
+            synthetic("train", seed=config.seed, task=task, users=config.synthetic_train_users),
+            synthetic("test", seed=config.seed, task=task, users=config.synthetic_test_users),
         )
     kind, _, rest = spec.partition(":")
     if kind != "longlamp" or not rest:
@@ -147,14 +169,34 @@ def load_task(spec: str, config: TableConfig) -> tuple[list[dspy.Example], list[
 
 
 def resolve_metrics(names: list[str], judge: Any = None) -> list[Any]:
-    """Metric functions by name; ``meteor`` without WordNet becomes ``meteor_without_synonyms`` (and says so)."""
-    from restpg_dspy.evals import LLMJudge, meteor, meteor_without_synonyms, rouge_1, rouge_l
+    """Metric functions by name; ``meteor`` without WordNet becomes ``meteor_without_synonyms`` (and says so).
+
+    ``a+b`` names the mean of metrics ``a`` and ``b``; ``0.7*a+0.3*b`` a weighted mean.
+    """
+    from restpg_dspy.evals import (
+        LLMJudge,
+        WeightedMean,
+        meteor,
+        meteor_without_synonyms,
+        option_accuracy,
+        rouge_1,
+        rouge_l,
+    )
     from restpg_dspy.evals.wordnet import load as load_wordnet
 
-    available = {"rouge_1": rouge_1, "rouge_l": rouge_l, "meteor": meteor}
+    available = {"rouge_1": rouge_1, "rouge_l": rouge_l, "meteor": meteor, "option_accuracy": option_accuracy}
     metrics = []
     for name in names:
-        if name == "meteor" and load_wordnet() is None:
+        if "+" in name:
+            weights = {}
+            for part in name.split("+"):
+                weight, _, metric = part.strip().rpartition("*")
+                try:
+                    weights[resolve_metrics([metric.strip()], judge)[0]] = float(weight) if weight else 1.0
+                except ValueError as err:
+                    raise ValueError(f"metric {name!r}: {err}") from None
+            metrics.append(WeightedMean(weights))
+        elif name == "meteor" and load_wordnet() is None:
             logger.warning("WordNet is not installed: reporting meteor_without_synonyms instead of METEOR")
             metrics.append(meteor_without_synonyms)
         elif name == "llm_judge":
@@ -209,19 +251,33 @@ def build_method(name: str, config: TableConfig, student: dspy.LM) -> tuple[dspy
     from restpg_dspy.retrieval import BM25, Dense, Recency
 
     retriever = {"bm25": BM25, "dense": Dense, "recency": Recency}[config.retriever](k=config.k)
+    response = {"response_max_tokens": config.response_max_tokens}
+    both = {**response, "reasoning_max_tokens": config.reasoning_max_tokens}
     programs = {
-        "no-personalization": (lambda: NoPersonalization(), None),
-        "rag": (lambda: RAGWriter(retriever=retriever), None),
-        "personalized": (lambda: PersonalizedWriter(retriever=retriever), None),
-        "sft": (lambda: RAGWriter(retriever=retriever), SFT),
-        "sft-reasoning": (lambda: PersonalizedWriter(retriever=retriever), SFTWithReasoning),
-        "rest-em": (lambda: RAGWriter(retriever=retriever), ReSTEM),
-        "rest-pg": (lambda: PersonalizedWriter(retriever=retriever), RESTPG),
+        "no-personalization": (lambda: NoPersonalization(**response), None),
+        "rag": (lambda: RAGWriter(retriever=retriever, **response), None),
+        "personalized": (lambda: PersonalizedWriter(retriever=retriever, **both), None),
+        "sft": (lambda: RAGWriter(retriever=retriever, **response), SFT),
+        "sft-reasoning": (lambda: PersonalizedWriter(retriever=retriever, **both), SFTWithReasoning),
+        "rest-em": (lambda: RAGWriter(retriever=retriever, **response), ReSTEM),
+        "rest-pg": (lambda: PersonalizedWriter(retriever=retriever, **both), RESTPG),
     }
     make, optimizer = programs[name]
     program = make()
     program.set_lm(student)
     return program, optimizer
+
+
+def wording_subsets(testset: list[dspy.Example]) -> dict[str, set[str] | None]:
+    """``all`` examples and, where examples say which evidence wording they use, ``seen`` and ``held_out``."""
+    from restpg_dspy.evals.evaluate import example_id
+
+    subsets: dict[str, set[str] | None] = {"all": None}
+    for wording in ("seen", "held_out"):
+        ids = {example_id(e) for e in testset if e.get("wording") == wording}
+        if ids:
+            subsets[wording] = ids
+    return subsets
 
 
 def run_table(config: TableConfig) -> dict[str, dict[str, Any]]:
@@ -232,6 +288,7 @@ def run_table(config: TableConfig) -> dict[str, dict[str, Any]]:
     """
     from restpg_dspy.evals import evaluate
     from restpg_dspy.evals.evaluate import metric_name
+    from restpg_dspy.evals.paired import adjacent_differences, differences_table
     from restpg_dspy.evals.report import markdown_table, plot_scores
 
     root = Path(config.run_dir)
@@ -239,10 +296,13 @@ def run_table(config: TableConfig) -> dict[str, dict[str, Any]]:
     (root / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
     student, teacher, judge = config_lms(config)
     metrics = report_metrics(config, judge)
+    metric_names = [metric_name(m) for m in metrics]
     results: dict[str, dict[str, Any]] = {}
+    differences: dict[str, list[dict[str, Any]]] = {}
     for task in config.tasks:
         trainset, testset = load_task(task, config)
         slug = task.split(":")[0] if task == "synthetic" else task.split(":")[1]
+        rows: dict[str, list[dict[str, Any]]] = {}
         for method in config.methods:
             program, optimizer = build_method(method, config, student)
             if optimizer is not None:
@@ -254,11 +314,16 @@ def run_table(config: TableConfig) -> dict[str, dict[str, Any]]:
             (root / slug).mkdir(parents=True, exist_ok=True)
             result.to_jsonl(root / slug / f"{method}.predictions.jsonl")
             summary = result.summary()
+            rows[method] = result.rows
             results.setdefault(method, {})[slug] = summary
             scores = "  ".join(f"{name}={stats['mean']:.4f}" for name, stats in summary.items())
             print(f"[{slug}] {method}: {scores}", flush=True)
             (root / "results.json").write_text(json.dumps(results, indent=2))
-    metric_names = [metric_name(m) for m in metrics]
+        differences[slug] = adjacent_differences(rows, list(PAPER_ORDER), metric_names, wording_subsets(testset))
+    (root / "paired.json").write_text(json.dumps(differences, indent=2))
+    (root / "paired.md").write_text(
+        "".join(f"## {slug}\n\n{differences_table(entries)}\n\n" for slug, entries in differences.items() if entries)
+    )
     (root / "table.md").write_text(markdown_table(results, metric_names) + "\n")
     for name in metric_names:
         plot_scores(results, name, root / f"scores_{name}.png")

@@ -70,6 +70,9 @@ STAGE_FIELDS = (
     "keep_rate",
     "inputs_without_kept",
     "truncation_rate",
+    "reasoning_truncation_rate",
+    "response_truncation_rate",
+    "reasoning_tokens_mean",
     "val_score",
     "skipped",
 )
@@ -87,6 +90,13 @@ class RESTPG(Teleprompter):
         threshold: Keep traces with reward >= threshold (``None``: no absolute cut-off).
         top_fraction: Keep at most this fraction of each input's samples, best first (``None``: no limit).
         max_per_input: Keep at most this many distinct traces per input.
+        reasoning_max_tokens: Token budget of the reasoning step of the program this optimizer samples, trains and
+            returns (``None``: the program's own budget).
+        response_max_tokens: Token budget of the response step, likewise.
+        reasoning_length_target: With ``reasoning_length_penalty``, a reasoning budget for the selection: a sample's
+            reward is lowered by ``penalty * (tokens - target) / target`` when its reasoning is longer than ``target``
+            tokens, so shorter reasoning (faster decoding) is preferred among good answers. ``None``: no penalty.
+        reasoning_length_penalty: The penalty's weight (see ``reasoning_length_target``).
         restart_from_base: Each M-step trains a fresh adapter from the base weights (else it continues the last one).
         run_dir: Where state is written and resumed from (default: a new temporary folder).
         train_kwargs: Fine-tuning settings passed to ``lm.finetune`` (for the local provider see
@@ -106,13 +116,17 @@ class RESTPG(Teleprompter):
         self,
         metric: Metric | None = None,
         *,
-        rounds: int = 3,
-        samples_per_input: int = 32,
+        rounds: int = 2,
+        samples_per_input: int = 8,
         temperature: float = 0.7,
         top_p: float = 1.0,
         threshold: float | None = None,
         top_fraction: float | None = None,
         max_per_input: int = 10,
+        reasoning_max_tokens: int | None = None,
+        response_max_tokens: int | None = None,
+        reasoning_length_target: int | None = None,
+        reasoning_length_penalty: float = 0.0,
         restart_from_base: bool = True,
         run_dir: str | None = None,
         train_kwargs: dict[str, Any] | None = None,
@@ -135,6 +149,15 @@ class RESTPG(Teleprompter):
             raise ValueError("rounds must be >= 0, samples_per_input and max_per_input >= 1")
         if top_fraction is not None and not 0 < top_fraction <= 1:
             raise ValueError("top_fraction must be in (0, 1]")
+        for name, value in (
+            ("reasoning_max_tokens", reasoning_max_tokens),
+            ("response_max_tokens", response_max_tokens),
+            ("reasoning_length_target", reasoning_length_target),
+        ):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+                raise ValueError(f"{name} must be a positive number of tokens, not {value!r}")
+        if reasoning_length_penalty < 0 or (reasoning_length_penalty > 0 and reasoning_length_target is None):
+            raise ValueError("reasoning_length_penalty must be >= 0 and needs a reasoning_length_target")
         self.metric = metric
         self.rounds = rounds
         self.samples_per_input = samples_per_input
@@ -143,6 +166,10 @@ class RESTPG(Teleprompter):
         self.threshold = threshold
         self.top_fraction = top_fraction
         self.max_per_input = max_per_input
+        self.reasoning_max_tokens = reasoning_max_tokens
+        self.response_max_tokens = response_max_tokens
+        self.reasoning_length_target = reasoning_length_target
+        self.reasoning_length_penalty = reasoning_length_penalty
         self.restart_from_base = restart_from_base
         self.run_dir = run_dir
         self.train_kwargs = dict(train_kwargs or {})
@@ -192,6 +219,16 @@ class RESTPG(Teleprompter):
                 "restpg_dspy.lm('local') or an LM with a fine-tuning provider"
             )
         template = without_lms(student)
+        if self.reasoning_max_tokens is not None or self.response_max_tokens is not None:
+            if not hasattr(template, "set_budgets"):
+                raise ValueError(
+                    f"{type(student).__name__} has no token budgets to set (PersonalizedProgram has them); leave "
+                    "reasoning_max_tokens and response_max_tokens unset"
+                )
+            template.set_budgets(
+                self.reasoning_max_tokens or template.reasoning_max_tokens,
+                self.response_max_tokens or template.response_max_tokens,
+            )
         names = dict(template.named_predictors())
         reasoning_names = {n for n, p in names.items() if output_field(p) == self.reasoning_field}
         if self.teacher_reasoning and not reasoning_names:
@@ -281,6 +318,8 @@ class RESTPG(Teleprompter):
         adapter = adapter_of(template)
         hindsight = dspy.Predict(HindsightReasoning)
         hindsight.lm = teacher
+        # The teacher's notes become the reasoning step's target: they get the same budget.
+        budget = getattr(template, "reasoning_max_tokens", None)
 
         def explain(example: dspy.Example) -> dict[str, Any]:
             errors = []
@@ -295,7 +334,10 @@ class RESTPG(Teleprompter):
                                 request=inputs.get("request", ""),
                                 profile=inputs.get("profile", ""),
                                 expected_output=example[self.target_field],
-                                config={"rollout_id": attempt} if attempt else {},
+                                config={
+                                    **({"rollout_id": attempt} if attempt else {}),
+                                    **({"max_tokens": budget} if budget else {}),
+                                },
                             ).reasoning
                         if not notes or not notes.strip():
                             raise ValueError("the teacher returned empty reasoning")
@@ -340,6 +382,10 @@ class RESTPG(Teleprompter):
         done = {(row["id"], row["index"]): row for row in run.read_jsonl(name)}
         template = without_lms(program)
         lms = predictor_lms(program)
+        steps = {
+            name: "reasoning" if output_field(p) == self.reasoning_field else "response"
+            for name, p in template.named_predictors()
+        }
         jobs = [(e, i) for e in trainset for i in range(self.samples_per_input) if (e.id, i) not in done]
 
         def draw(job: tuple[dspy.Example, int]) -> dict[str, Any]:
@@ -355,11 +401,21 @@ class RESTPG(Teleprompter):
             except Exception as err:
                 return {**row, "error": f"program failed: {type(err).__name__}: {err}"}
             row["trace"] = trace
-            row["truncated"] = any(
-                getattr(entry.get("response"), "finish_reason", None) == "length"
-                for lm in copies.values()
+            truncated = {
+                steps[name]
+                for name, lm in copies.items()
                 for entry in lm.history
-            )
+                if getattr(entry.get("response"), "finish_reason", None) == "length"
+            }
+            row["truncated"] = bool(truncated)
+            row["truncated_steps"] = sorted(truncated)
+            if "reasoning" in steps.values():
+                row["reasoning_tokens"] = sum(
+                    (entry.get("usage") or {}).get("completion_tokens") or 0
+                    for name, lm in copies.items()
+                    if steps[name] == "reasoning"
+                    for entry in lm.history
+                )
             try:
                 row["reward"] = float(self.metric(example, prediction))
                 if not math.isfinite(row["reward"]):
@@ -379,17 +435,17 @@ class RESTPG(Teleprompter):
         by_input: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for sample in samples:
             if sample.get("reward") is not None:
-                by_input[sample["id"]].append(sample)
+                by_input[sample["id"]].append({**sample, "score": self._selection_score(sample)})
         kept = []
         for rows in by_input.values():
-            rows.sort(key=lambda s: (-s["reward"], s["index"]))
+            rows.sort(key=lambda s: (-s["score"], s["index"]))
             limit = self.max_per_input
             if self.top_fraction is not None:
                 limit = min(limit, max(1, math.floor(self.top_fraction * len(rows))))
             seen: set[str] = set()
             chosen = []
             for sample in rows:
-                if self.threshold is not None and sample["reward"] < self.threshold:
+                if self.threshold is not None and sample["score"] < self.threshold:
                     break
                 key = json.dumps([c["outputs"] for c in sample["trace"]], sort_keys=True)
                 if key in seen:  # identical traces would only over-weight one answer
@@ -399,10 +455,18 @@ class RESTPG(Teleprompter):
                 if len(chosen) == limit:
                     break
             kept += chosen
-        mean = statistics.fmean(s["reward"] for s in kept) if kept else 0.0
+        mean = statistics.fmean(s["score"] for s in kept) if kept else 0.0
         for sample in kept:
-            sample["weight"] = sample["reward"] / mean if self.reward_weighted and mean > 0 else 1.0
+            sample["weight"] = sample["score"] / mean if self.reward_weighted and mean > 0 else 1.0
         return kept
+
+    def _selection_score(self, sample: dict[str, Any]) -> float:
+        """The reward, lowered for reasoning longer than ``reasoning_length_target`` when a penalty is set."""
+        tokens = sample.get("reasoning_tokens")
+        if not self.reasoning_length_penalty or not tokens or tokens <= self.reasoning_length_target:
+            return sample["reward"]
+        excess = (tokens - self.reasoning_length_target) / self.reasoning_length_target
+        return sample["reward"] - self.reasoning_length_penalty * excess
 
     def _round_stats(self, samples: list[dict[str, Any]], kept: list[dict[str, Any]]) -> dict[str, Any]:
         rewards = sorted(s["reward"] for s in samples if s.get("reward") is not None)
@@ -411,6 +475,11 @@ class RESTPG(Teleprompter):
 
         def quantile(q: float) -> float:
             return rewards[min(len(rewards) - 1, int(q * len(rewards)))] if rewards else float("nan")
+
+        def rate(flag: Callable[[dict[str, Any]], bool]) -> float:
+            return round(sum(1 for s in samples if flag(s)) / len(samples), 4) if samples else 0.0
+
+        lengths = [s["reasoning_tokens"] for s in samples if s.get("reasoning_tokens") is not None]
 
         return {
             "samples": len(samples),
@@ -421,9 +490,10 @@ class RESTPG(Teleprompter):
             "kept": len(kept),
             "keep_rate": round(len(kept) / len(rewards), 4) if rewards else 0.0,
             "inputs_without_kept": len(inputs - kept_inputs),
-            "truncation_rate": round(sum(1 for s in samples if s.get("truncated")) / len(samples), 4)
-            if samples
-            else 0.0,
+            "truncation_rate": rate(lambda s: s.get("truncated")),
+            "reasoning_truncation_rate": rate(lambda s: "reasoning" in s.get("truncated_steps", ())),
+            "response_truncation_rate": rate(lambda s: "response" in s.get("truncated_steps", ())),
+            **({"reasoning_tokens_mean": round(statistics.fmean(lengths), 1)} if lengths else {}),
         }
 
     # --- M-step ---------------------------------------------------------------------------------------------

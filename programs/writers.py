@@ -39,6 +39,11 @@ class PersonalizedProgram(dspy.Module):
             from the profile.
         adapter: The DSPy adapter for every predictor (default :class:`CompletionAdapter`, which small local
             models need); pass ``dspy.ChatAdapter()`` to keep DSPy's format with API models.
+        reasoning_max_tokens: Token budget of the reasoning step (``None``: the LM's ``max_tokens``).
+        response_max_tokens: Token budget of the response step (``None``: the LM's ``max_tokens``).
+
+    Raises:
+        ValueError: a budget that is not a positive number of tokens.
     """
 
     def __init__(
@@ -47,12 +52,31 @@ class PersonalizedProgram(dspy.Module):
         formatter: ProfileFormatter | None = None,
         task: str | TaskFormat | None = None,
         adapter: dspy.Adapter | None = None,
+        reasoning_max_tokens: int | None = None,
+        response_max_tokens: int | None = None,
     ):
         super().__init__()
         self.retriever = retriever
         self.formatter = formatter or ProfileFormatter()
         self.task = TASKS[task] if isinstance(task, str) else task
         self.adapter = adapter or CompletionAdapter()
+        self.set_budgets(reasoning_max_tokens, response_max_tokens)
+
+    def set_budgets(self, reasoning_max_tokens: int | None = None, response_max_tokens: int | None = None) -> None:
+        """Set the token budgets of the reasoning and response steps (``None`` leaves the LM's ``max_tokens``)."""
+        for name, value in (
+            ("reasoning_max_tokens", reasoning_max_tokens),
+            ("response_max_tokens", response_max_tokens),
+        ):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+                raise ValueError(f"{name} must be a positive number of tokens, not {value!r}")
+        self.reasoning_max_tokens = reasoning_max_tokens
+        self.response_max_tokens = response_max_tokens
+
+    def budget(self, predictor: dspy.Predict) -> int | None:
+        """The token budget of ``predictor``'s step: the reasoning budget when it writes ``reasoning``."""
+        reasoning = "reasoning" in predictor.signature.output_fields
+        return self.reasoning_max_tokens if reasoning else self.response_max_tokens
 
     def retrieve(self, request: str, profile: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], TaskFormat]:
         task = self.task or detect_task(profile)
@@ -64,12 +88,16 @@ class PersonalizedProgram(dspy.Module):
         engine = getattr(lm, "engine", None)
         if isinstance(engine, LocalEngine):
             context = engine.loaded.context_length
-            room = context - (lm.kwargs.get("max_tokens") or 0) - min(_CONTEXT_RESERVE, context // 4)
+            budgets = [self.budget(p) or lm.kwargs.get("max_tokens") or 0 for p in self.predictors()]
+            room = context - max(budgets, default=0) - min(_CONTEXT_RESERVE, context // 4)
             return self.formatter.render(items, task, engine.loaded.tokenizer, budget=max(room, 0))
         return self.formatter.render(items, task)
 
     def predict(self, predictor: dspy.Predict, **inputs: Any) -> dspy.Prediction:
-        """Call ``predictor`` through this program's adapter."""
+        """Call ``predictor`` through this program's adapter, within its step's token budget."""
+        budget = self.budget(predictor)
+        if budget is not None:
+            inputs["config"] = {**inputs.get("config", {}), "max_tokens": budget}
         with dspy.context(adapter=self.adapter):
             return predictor(**inputs)
 
@@ -82,6 +110,8 @@ class PersonalizedProgram(dspy.Module):
             "item_tokens": self.formatter.item_tokens,
             "profile_tokens": self.formatter.profile_tokens,
             "adapter": type(self.adapter).__name__,
+            "reasoning_max_tokens": self.reasoning_max_tokens,
+            "response_max_tokens": self.response_max_tokens,
         }
 
 

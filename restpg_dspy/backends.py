@@ -5,6 +5,8 @@ Example:
     >>> student = restpg_dspy.lm("local")  # doctest: +SKIP
     >>> other = restpg_dspy.lm("local:/models/Qwen2.5-0.5B-Instruct")  # doctest: +SKIP
     >>> judge = restpg_dspy.lm("openai/gpt-4o-mini")  # doctest: +SKIP
+    >>> restpg_dspy.lm("oracle:0.3").model  # the implicit_choice oracle teacher, 30% of its notes wrong
+    'oracle/implicit_choice-noise0.3-seed0'
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from restpg_dspy.engine import LocalEngine
 from restpg_dspy.finetune import PEFTProvider
 
 LOCAL_PREFIX = "local:"
+ORACLE = "oracle"
 _ENGINE_SETTINGS = ("dtype", "device", "max_batch_size", "batch_window_ms", "default_max_tokens")
 
 
@@ -40,11 +43,21 @@ def lm(
         adapter: For local backends, the folder of a saved LoRA adapter to serve on top of the base model.
         **kwargs: For local backends, engine settings (``dtype``, ``device``, ``max_batch_size``,
             ``batch_window_ms``, ``default_max_tokens``) and any ``dspy.LM`` keyword (``cache``, ...);
-            for other backends, ``dspy.LM`` keywords.
+            for other backends, ``dspy.LM`` keywords. ``"oracle"`` (or ``"oracle:<noise>"``) is the oracle teacher of
+            the ``implicit_choice`` task (:func:`restpg_dspy.data.oracle_teacher`), standing in for a large teacher
+            LM offline.
 
     Returns:
         A ``dspy.LM``. Local LMs with the same model and engine settings share one loaded model.
     """
+    if spec == ORACLE or spec.startswith(f"{ORACLE}:"):
+        from restpg_dspy.data.oracle import oracle_teacher
+
+        noise = spec.partition(":")[2]
+        try:
+            return oracle_teacher(noise=float(noise) if noise else 0.0)
+        except ValueError as err:
+            raise ValueError(f"backend {spec!r}: 'oracle:<noise>' takes a fraction in [0, 1] ({err})") from None
     if spec != "local" and not spec.startswith(LOCAL_PREFIX):
         if adapter is not None:
             raise ValueError(f"adapter= needs a local backend ('local' or 'local:<path>'), not {spec!r}")

@@ -52,7 +52,11 @@ class UserError(Exception):
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML or TOML file with the same keys as the options (options win)")
     parser.add_argument("--student", help="backend of the trained model: local, local:<path or hf id> (default local)")
-    parser.add_argument("--teacher", help="backend that writes hindsight reasoning (default: the student)")
+    parser.add_argument(
+        "--teacher",
+        help="backend that writes hindsight reasoning (default: the student); 'oracle' is the implicit_choice "
+        "task's oracle, standing in for a large teacher LM offline",
+    )
     parser.add_argument("--judge", help="backend of an LLM judge; adds the llm_judge metric")
     parser.add_argument(
         "--data", help="synthetic, longlamp:<task> (the hub) or longlamp:<task>:<path with {split}> (local files)"
@@ -60,6 +64,11 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, help="most train and test examples (LongLaMP)")
     parser.add_argument("--run-dir", help="where runs, caches, tables and plots are written")
     parser.add_argument("--seed", type=int, help="data sampling seed")
+    parser.add_argument(
+        "--synthetic-task", help="the task of --data synthetic: implicit_choice (default) or life_facts"
+    )
+    parser.add_argument("--reasoning-max-tokens", type=int, help="token budget of the reasoning step")
+    parser.add_argument("--response-max-tokens", type=int, help="token budget of the response step")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument(
         "--methods", help="comma-separated: no-personalization,rag,personalized,sft,sft-reasoning,rest-em,rest-pg"
     )
-    table.add_argument("--metrics", help="comma-separated: rouge_1,rouge_l,meteor,llm_judge")
+    table.add_argument("--metrics", help="comma-separated: rouge_1,rouge_l,meteor,option_accuracy,llm_judge")
 
     compile_ = commands.add_parser("compile", help="compile one method and save the program")
     _add_common(compile_)
@@ -95,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="personalized",
         help="uncompiled program when --program is absent: no-personalization, rag, personalized",
     )
-    evaluate.add_argument("--metrics", help="comma-separated: rouge_1,rouge_l,meteor,llm_judge")
+    evaluate.add_argument("--metrics", help="comma-separated: rouge_1,rouge_l,meteor,option_accuracy,llm_judge")
 
     report = commands.add_parser("report", help="render tables and plots of a compile run or a table run")
     report.add_argument("run_dir", help="a compile run directory (history.json) or a table run (results.json)")
@@ -114,6 +123,9 @@ def _config(args: argparse.Namespace) -> Any:
         "train_limit": args.limit,
         "test_limit": args.limit,
         "tasks": [args.data] if args.data else None,
+        "synthetic_task": args.synthetic_task,
+        "reasoning_max_tokens": args.reasoning_max_tokens,
+        "response_max_tokens": args.response_max_tokens,
         "methods": args.methods.split(",") if getattr(args, "methods", None) else None,
         "metrics": args.metrics.split(",") if getattr(args, "metrics", None) else None,
     }
@@ -252,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
             config = _config(args)
             run_table(config)
             print(Path(config.run_dir, "table.md").read_text())
+            print(Path(config.run_dir, "paired.md").read_text())
         elif args.command == "compile":
             run_compile(args)
         elif args.command == "evaluate":

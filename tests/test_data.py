@@ -4,18 +4,21 @@ import pytest
 from rouge_score import rouge_scorer
 
 from restpg_dspy.data import load_longlamp, synthetic
-from restpg_dspy.data.synthetic import FACTS
+from restpg_dspy.data.life_facts import FACTS
 from restpg_dspy.retrieval import BM25
 
 
-def test_same_seed_gives_identical_data_and_other_seeds_differ():
-    first = [e.toDict() for e in synthetic("train", seed=3)]
-    assert first == [e.toDict() for e in synthetic("train", seed=3)]
-    assert first != [e.toDict() for e in synthetic("train", seed=4)]
+def test_life_facts_same_seed_gives_identical_data_and_other_seeds_differ():
+    first = [e.toDict() for e in synthetic("train", seed=3, task="life_facts")]
+    assert first == [e.toDict() for e in synthetic("train", seed=3, task="life_facts")]
+    assert first != [e.toDict() for e in synthetic("train", seed=4, task="life_facts")]
 
 
-def test_users_never_appear_in_two_splits():
-    splits = {name: synthetic(name, seed=0, users=40 if name == "train" else None) for name in ("train", "val", "test")}
+def test_life_facts_users_never_appear_in_two_splits():
+    splits = {
+        name: synthetic(name, seed=0, users=40 if name == "train" else None, task="life_facts")
+        for name in ("train", "val", "test")
+    }
     ids = {name: {e.user_id for e in examples} for name, examples in splits.items()}
     names = {name: {e.traits["name"] for e in examples} for name, examples in splits.items()}
     for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
@@ -23,14 +26,14 @@ def test_users_never_appear_in_two_splits():
 
 
 def test_examples_have_inputs_and_fields():
-    example = synthetic("val", seed=0)[0]
+    example = synthetic("val", seed=0, task="life_facts")[0]
     assert set(example.inputs().keys()) == {"request", "profile"}
     assert example.output and example.user_id and example.id and example.family in ("review", "dish", "trip")
 
 
 def test_oracle_that_knows_the_traits_beats_ignoring_the_profile():
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    examples = synthetic("test", seed=0)
+    examples = synthetic("test", seed=0, task="life_facts")
 
     def oracle(example):  # knows the traits, writes its own generic body
         traits = example.traits
@@ -49,7 +52,7 @@ def test_oracle_that_knows_the_traits_beats_ignoring_the_profile():
 
 
 def test_similarity_retrieval_misses_some_life_fact_posts():
-    examples = synthetic("train", seed=0)
+    examples = synthetic("train", seed=0, task="life_facts")
     retriever = BM25(k=2)
     missed = 0
     for example in examples:

@@ -198,7 +198,7 @@ def test_table_runner_and_compile_run_report(tiny_model_dir, tmp_path):
     )
     results = run_table(config)
     assert set(results) == {"no-personalization", "rest-em"}
-    assert results["rest-em"]["synthetic"]["meteor"]["n"] == 4
+    assert results["rest-em"]["synthetic"]["meteor"]["n"] == 6  # 2 users x 3 requests
     table = (tmp_path / "table" / "table.md").read_text()
     assert "synthetic rouge_l" in table and "| rest-em |" in table
     assert (tmp_path / "table" / "scores_meteor.png").exists()
@@ -206,7 +206,13 @@ def test_table_runner_and_compile_run_report(tiny_model_dir, tmp_path):
     assert {f.name for f in files} == {"rewards.png", "keep_rates.png", "report.md"}
     assert "round_1" in (tmp_path / "table" / "synthetic" / "rest-em" / "report.md").read_text()
     stored = json.loads((tmp_path / "table" / "results.json").read_text())
-    assert stored["rest-em"]["synthetic"]["rouge_l"]["n"] == 4
+    assert stored["rest-em"]["synthetic"]["rouge_l"]["n"] == 6
+    paired = json.loads((tmp_path / "table" / "paired.json").read_text())["synthetic"]
+    pairs = {(e["better"], e["worse"], e["subset"], e["metric"]): e["n_pairs"] for e in paired}
+    assert pairs[("rest-em", "no-personalization", "all", "rouge_l")] == 6
+    assert pairs[("rest-em", "no-personalization", "seen", "meteor")] == 3
+    assert pairs[("rest-em", "no-personalization", "held_out", "meteor")] == 3
+    assert "rest-em − no-personalization" in (tmp_path / "table" / "paired.md").read_text()
 
 
 def test_table_config_files_are_checked(tmp_path):

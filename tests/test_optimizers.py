@@ -172,7 +172,7 @@ class FlakyTeacher:
 
 
 def test_teacher_failures_are_retried_skipped_and_counted(writer, tmp_path):
-    trainset = synthetic("train", seed=0, users=8, requests_per_user=1)
+    trainset = synthetic("train", seed=0, users=8, requests_per_user=1, task="life_facts")
     teacher = dspy.LM("flaky/teacher", engine=FlakyTeacher(), num_retries=0, cache=False)
     compiled = optimizer(tmp_path, rounds=0, teacher_retries=1).compile(writer, trainset=trainset, teacher=teacher)
     rows = [json.loads(line) for line in (tmp_path / "teacher_reasoning.jsonl").read_text().splitlines()]

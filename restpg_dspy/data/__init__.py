@@ -1,4 +1,4 @@
-"""Data: LongLaMP loaders and the offline synthetic personalization benchmark.
+"""Data: LongLaMP loaders and the offline synthetic personalization tasks.
 
 Example:
     >>> from restpg_dspy.data import synthetic
@@ -6,7 +6,20 @@ Example:
     2
 """
 
+from restpg_dspy.data.implicit_choice import ChoiceUser
+from restpg_dspy.data.life_facts import UserTraits
 from restpg_dspy.data.longlamp import load_longlamp, read_records, records_to_examples
-from restpg_dspy.data.synthetic import UserTraits, expected_output, synthetic
+from restpg_dspy.data.oracle import OracleError, oracle_teacher
+from restpg_dspy.data.synthetic import TASKS, synthetic
 
-__all__ = ["UserTraits", "expected_output", "load_longlamp", "read_records", "records_to_examples", "synthetic"]
+__all__ = [
+    "TASKS",
+    "ChoiceUser",
+    "OracleError",
+    "UserTraits",
+    "load_longlamp",
+    "oracle_teacher",
+    "read_records",
+    "records_to_examples",
+    "synthetic",
+]

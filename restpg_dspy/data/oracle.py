@@ -1,0 +1,143 @@
+r"""An oracle teacher for the ``implicit_choice`` task: hindsight notes from the generator's own latent traits.
+
+REST-PG's hindsight reasoning comes from a large teacher LM (Gemma 7B in the paper), which cannot run offline on a
+laptop, and the embedded 135M model writes empty or generic notes. This oracle **stands in for that large teacher**
+on the synthetic task only: it knows how the generator maps evidence wordings to life facts and facts to options,
+and writes short notes citing only what the prompt shows (which post, what it implies, which option follows), e.g.::
+
+    - Post [2] shows that this user does not eat meat.
+    - So what matters most to them: meat-free food.
+    - The option that fits: the bistro with a fully meat-free menu.
+
+It is a ``dspy.LM`` (a custom DSPy engine), usable wherever a teacher LM goes. It never invents notes: a prompt that
+shows no evidence post of the task, or none of the options that follow from it, raises :class:`OracleError`.
+Controls: ``noise=`` makes a deterministic fraction of the notes name a wrong fact (and its option, citing a
+distractor post); the student as its own teacher is the other control (``teacher=None``).
+
+Example:
+    >>> from restpg_dspy.data import oracle_teacher, synthetic
+    >>> teacher = oracle_teacher()
+    >>> teacher.model
+    'oracle/implicit_choice-noise0-seed0'
+    >>> example = synthetic("test", seed=0, users=1, requests_per_user=1)[0]
+    >>> posts = "\n".join(f"[{n}] Post: {item['text']}" for n, item in enumerate(example.profile, start=1))
+    >>> print(teacher.engine.notes(f"Profile:\n{posts}\n\nRequest:\n{example.request}"))
+    - Post [4] shows that this user does not eat meat.
+    - So what matters most to them: meat-free food.
+    - The option that fits: the bistro with a fully meat-free menu.
+    >>> teacher.engine.notes("Request: which cake should I bake?")
+    Traceback (most recent call last):
+    ...
+    restpg_dspy.data.oracle.OracleError: the prompt shows no evidence post of the implicit_choice task; ...
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any
+
+import dspy
+from dspy.lm15 import Message, Response, TextPart, Usage
+
+from restpg_dspy.data.implicit_choice import FACTS, FAMILIES
+
+IMPLICATIONS = {
+    "kids": "this user has young children",
+    "vegetarian": "this user does not eat meat",
+    "cold": "this user lives somewhere very cold",
+    "dog": "this user has a dog",
+    "budget": "this user is on a tight budget",
+}
+_POST_MARKER = re.compile(r"\[(\d+)\]")
+
+
+class OracleError(ValueError):
+    """The oracle was asked about a prompt it cannot explain from the generator's traits."""
+
+
+class OracleEngine:
+    """DSPy engine behind :func:`oracle_teacher`.
+
+    Args:
+        noise: Fraction of examples (chosen by a hash of the prompt's evidence and request) whose notes name a wrong
+            fact: one of the other offered options' needs.
+        seed: Decides, with the prompt, which examples are noisy and which wrong fact they get.
+    """
+
+    def __init__(self, noise: float = 0.0, seed: int = 0):
+        if not 0.0 <= noise <= 1.0:
+            raise ValueError(f"noise must be a fraction in [0, 1], not {noise}")
+        self.noise = noise
+        self.seed = seed
+
+    @property
+    def model_id(self) -> str:
+        return f"oracle/implicit_choice-noise{self.noise:g}-seed{self.seed}"
+
+    def notes(self, prompt: str) -> str:
+        """The hindsight notes for one prompt (its last user message).
+
+        Raises:
+            OracleError: no evidence wording of the task, or no option of the evidence's fact, is in the prompt.
+        """
+        found = [(prompt.find(w), fact) for fact, spec in FACTS.items() for w in spec["evidence"] if w in prompt]
+        if not found:
+            raise OracleError(
+                "the prompt shows no evidence post of the implicit_choice task; the oracle teacher only explains "
+                "examples that restpg_dspy.data.synthetic(task='implicit_choice') generated, with the whole profile "
+                "shown, and never invents notes"
+            )
+        position, fact = found[0]
+        offered = {
+            f: option for family in FAMILIES.values() for f, option in family["options"].items() if option in prompt
+        }
+        if fact not in offered:
+            raise OracleError(
+                f"the prompt shows evidence of {fact!r} but none of the options that serve it; the oracle teacher "
+                "only explains implicit_choice requests"
+            )
+        markers = [(m.start(), m.group(1)) for m in _POST_MARKER.finditer(prompt)]
+        post = next((number for start, number in reversed(markers) if start < position), None)
+        others = sorted(f for f in offered if f != fact)
+        draw = int(hashlib.sha256(f"{self.seed}:{prompt}".encode()).hexdigest()[:8], 16) / 16**8
+        if others and draw < self.noise:
+            fact = others[int(draw / max(self.noise, 1e-12) * len(others)) % len(others)]
+            distractors = [number for start, number in markers if number != post]
+            post = distractors[0] if distractors else post
+        cited = f"Post [{post}]" if post else "An earlier post"
+        return (
+            f"- {cited} shows that {IMPLICATIONS[fact]}.\n"
+            f"- So what matters most to them: {FACTS[fact]['aspect']}.\n"
+            f"- The option that fits: {offered[fact]}."
+        )
+
+    def complete(self, request: Any) -> Response:
+        user = [message for message in request.messages if message.role == "user"]
+        prompt = (user[-1].text or "") if user else ""
+        text = self.notes(prompt)
+        return Response(
+            id=None,
+            model=request.model,
+            message=Message.assistant([TextPart(text)]),
+            finish_reason="stop",
+            usage=Usage(input_tokens=len(prompt.split()), output_tokens=len(text.split())),
+        )
+
+    def dump_state(self) -> dict[str, Any]:
+        return {"noise": self.noise, "seed": self.seed}
+
+    @classmethod
+    def load_state(cls, state: dict[str, Any]) -> OracleEngine:
+        return cls(**state)
+
+
+def oracle_teacher(noise: float = 0.0, seed: int = 0) -> dspy.LM:
+    """A ``dspy.LM`` that writes oracle hindsight notes for ``implicit_choice`` examples (see the module docs).
+
+    Args:
+        noise: Fraction of examples whose notes name a wrong fact (a control for teacher quality).
+        seed: Which examples are noisy.
+    """
+    engine = OracleEngine(noise, seed)
+    return dspy.LM(engine.model_id, engine=engine, temperature=0.0, max_tokens=128)
