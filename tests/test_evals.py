@@ -248,3 +248,40 @@ def test_compile_run_report_skips_a_line_cut_off_by_a_crash(tmp_path):
     files = report_compile_run(tmp_path)
     assert {f.name for f in files} == {"rewards.png", "keep_rates.png", "report.md"}
     assert "| round_1 | 1 | 0.5 |" in (tmp_path / "report.md").read_text()
+
+
+def test_paired_bootstrap_resamples_users_and_matches_a_hand_computation():
+    from restpg_dspy.evals import paired_bootstrap
+
+    def rows(values):
+        return [{"id": f"{u}-{i}", "user_id": u, "m": v} for u, vs in values.items() for i, v in enumerate(vs)]
+
+    a = rows({"u1": [1.0, 1.0, 1.0], "u2": [0.0, 0.0, 0.0], "u3": [1.0, 1.0, 1.0], "u4": [0.5, 0.5, 0.5]})
+    b = rows({"u1": [0.0, 0.0, 0.0], "u2": [0.0, 0.0, 0.0], "u3": [0.5, 0.5, 0.5], "u4": [0.5, 0.5, 0.5]})
+    by_user = paired_bootstrap(a, b, "m")
+    assert by_user["mean_difference"] == pytest.approx(1.5 / 4) and by_user["n_pairs"] == 12
+    assert by_user["n_groups"] == 4 and by_user["ci_low"] <= 0.375 <= by_user["ci_high"]
+    by_example = paired_bootstrap(a, b, "m", by="id")
+    # Differences are identical within a user: resampling examples as if independent understates the uncertainty.
+    assert by_example["ci_high"] - by_example["ci_low"] < by_user["ci_high"] - by_user["ci_low"]
+    only_u1 = paired_bootstrap(a, b, "m", ids={"u1-0", "u1-1"})
+    assert only_u1 == {**only_u1, "mean_difference": 1.0, "ci_low": 1.0, "ci_high": 1.0, "n_pairs": 2}
+    b[0]["m"] = None
+    assert paired_bootstrap(a, b, "m")["unpaired"] == 1
+    with pytest.raises(ValueError, match="no example has a 'rouge_l' score in both results"):
+        paired_bootstrap(a, b, "rouge_l")
+
+
+def test_weighted_mean_reward_from_a_config_string():
+    reward = resolve_metrics(["0.75*rouge_l+0.25*option_accuracy"])[0]
+    assert reward.__name__ == "0.75*rouge_l+0.25*option_accuracy"
+    example = synthetic("test", seed=0, users=1, requests_per_user=1)[0]
+    wrong = dspy.Prediction(response=example.output.replace(example.answer, example.options[-1]))
+    assert example.answer != example.options[-1]
+    assert reward(example, wrong) == pytest.approx(0.75 * rouge_l(example, wrong))
+    with pytest.raises(ValueError, match="unknown metric 'bleu'"):
+        resolve_metrics(["rouge_l+bleu"])
+    with pytest.raises(ValueError, match="reasoning_max_tokens must be a positive number"):
+        TableConfig(reasoning_max_tokens=0)
+    with pytest.raises(ValueError, match="unknown synthetic_task 'riddles'"):
+        TableConfig(synthetic_task="riddles")

@@ -63,6 +63,31 @@ def test_cap_top_fraction_and_duplicates_per_input():
     assert RESTPG()._select(failed) == []
 
 
+def test_reasoning_length_penalty_prefers_shorter_reasoning_among_good_answers():
+    samples = [
+        {**sample("a", 0, 0.9, "long"), "reasoning_tokens": 40},
+        {**sample("a", 1, 0.8, "short"), "reasoning_tokens": 10},
+        {**sample("a", 2, 0.5, "other"), "reasoning_tokens": 5},
+    ]
+    assert [s["index"] for s in RESTPG(max_per_input=1)._select(samples)] == [0]
+    penalised = RESTPG(max_per_input=2, reasoning_length_target=20, reasoning_length_penalty=0.2)._select(samples)
+    assert [(s["index"], round(s["score"], 4)) for s in penalised] == [(1, 0.8), (0, 0.7)]
+    assert all(s["reward"] in (0.9, 0.8) for s in penalised)  # the reward itself is kept as measured
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"reasoning_max_tokens": 0}, "reasoning_max_tokens must be a positive number of tokens"),
+        ({"response_max_tokens": -1}, "response_max_tokens must be a positive number of tokens"),
+        ({"reasoning_length_penalty": 0.5}, "needs a reasoning_length_target"),
+    ],
+)
+def test_bad_budgets_are_refused(settings, message):
+    with pytest.raises(ValueError, match=message):
+        RESTPG(**settings)
+
+
 # --- a whole compile on the tiny model ------------------------------------------------------------------------
 
 
@@ -180,6 +205,18 @@ def test_teacher_failures_are_retried_skipped_and_counted(writer, tmp_path):
     dishes = [e for e in trainset if e.request.startswith("Recommend a dish")]
     assert len(failed) == len(dishes) > 0 and all(r["attempts"] == 2 for r in failed)
     assert compiled.restpg_history[0]["rows"] == 2 * (len(trainset) - len(dishes))
+
+
+def test_step_budgets_reach_the_samples_and_each_step_reports_its_truncation(writer, trainset, tmp_path):
+    compiled = optimizer(tmp_path, reasoning_max_tokens=2, response_max_tokens=3).compile(writer, trainset=trainset)
+    assert (compiled.reasoning_max_tokens, compiled.response_max_tokens) == (2, 3)
+    samples = [json.loads(line) for line in (tmp_path / "round_1/samples.jsonl").read_text().splitlines()]
+    assert all(0 < s["reasoning_tokens"] <= 2 for s in samples)
+    # The tiny random model never stops early: both steps run out of tokens in every sample.
+    assert all(s["truncated_steps"] == ["reasoning", "response"] for s in samples)
+    entry = compiled.restpg_history[1]
+    assert entry["reasoning_truncation_rate"] == entry["response_truncation_rate"] == 1.0
+    assert entry["reasoning_tokens_mean"] == 2.0
 
 
 def test_baseline_presets_fit_their_programs(writer, tiny_lm, trainset, tmp_path):

@@ -105,3 +105,21 @@ def test_program_parts_are_named_and_described():
     )
     assert [name for name, _ in writer.named_predictors()] == ["reason", "write"]
     assert writer.describe()["retrieval"] == {"retriever": "BM25", "k": 2}
+
+
+def test_each_step_has_its_own_token_budget(tiny_lm):
+    writer = PersonalizedWriter(retriever=BM25(k=2), reasoning_max_tokens=3, response_max_tokens=5)
+    lm = tiny_lm.copy(max_tokens=16, cache=False)
+    writer.set_lm(lm)
+    writer(**synthetic("test", seed=0, users=1, requests_per_user=1)[0].inputs())
+    budgets = [(entry["kwargs"]["max_tokens"], entry["usage"]["completion_tokens"]) for entry in lm.history]
+    assert [b for b, _ in budgets] == [3, 5] and all(used <= budget for budget, used in budgets)
+    assert writer.describe()["reasoning_max_tokens"] == 3 and writer.describe()["response_max_tokens"] == 5
+
+
+@pytest.mark.parametrize("budget", [0, -4, 2.5, True])
+def test_budgets_must_be_positive_token_counts(budget):
+    with pytest.raises(ValueError, match="reasoning_max_tokens must be a positive number of tokens"):
+        PersonalizedWriter(reasoning_max_tokens=budget)
+    with pytest.raises(ValueError, match="response_max_tokens must be a positive number of tokens"):
+        RAGWriter(response_max_tokens=budget)

@@ -18,7 +18,7 @@ Example:
     >>> from restpg_dspy.data import oracle_teacher, synthetic
     >>> teacher = oracle_teacher()
     >>> teacher.model
-    'oracle/implicit_choice-noise0-seed0'
+    'oracle/implicit_choice-v1-noise0-seed0'
     >>> example = synthetic("test", seed=0, users=1, requests_per_user=1)[0]
     >>> posts = "\n".join(f"[{n}] Post: {item['text']}" for n, item in enumerate(example.profile, start=1))
     >>> print(teacher.engine.notes(f"Profile:\n{posts}\n\nRequest:\n{example.request}"))
@@ -50,6 +50,8 @@ IMPLICATIONS = {
     "budget": "this user is on a tight budget",
 }
 _POST_MARKER = re.compile(r"\[(\d+)\]")
+# Part of the model id: bump it whenever the notes change, so no cache or run directory mixes two versions.
+NOTES_VERSION = 1
 
 
 class OracleError(ValueError):
@@ -73,7 +75,7 @@ class OracleEngine:
 
     @property
     def model_id(self) -> str:
-        return f"oracle/implicit_choice-noise{self.noise:g}-seed{self.seed}"
+        return f"oracle/implicit_choice-v{NOTES_VERSION}-noise{self.noise:g}-seed{self.seed}"
 
     def notes(self, prompt: str) -> str:
         """The hindsight notes for one prompt (its last user message).
@@ -140,4 +142,5 @@ def oracle_teacher(noise: float = 0.0, seed: int = 0) -> dspy.LM:
         seed: Which examples are noisy.
     """
     engine = OracleEngine(noise, seed)
-    return dspy.LM(engine.model_id, engine=engine, temperature=0.0, max_tokens=128)
+    # Not cached: the notes are computed in microseconds, and a cache could only ever serve stale ones.
+    return dspy.LM(engine.model_id, engine=engine, temperature=0.0, max_tokens=128, cache=False)

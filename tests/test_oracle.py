@@ -1,0 +1,80 @@
+"""The oracle teacher of the implicit_choice task: notes from the generator's traits, never invented."""
+
+import dspy
+import pytest
+
+import restpg_dspy
+from restpg_dspy.data import OracleError, oracle_teacher, synthetic
+from restpg_dspy.data.oracle import IMPLICATIONS, OracleEngine
+from restpg_dspy.programs import PersonalizedWriter
+from restpg_dspy.programs.adapter import CompletionAdapter
+from restpg_dspy.programs.signatures import HindsightReasoning
+from restpg_dspy.retrieval import BM25
+from restpg_dspy.tasks import TASKS
+
+
+def shown_profile(example):
+    return PersonalizedWriter(retriever=BM25(k=4)).formatter.render(example.profile, TASKS["synthetic"])
+
+
+def hindsight(teacher, example, profile=None):
+    predictor = dspy.Predict(HindsightReasoning)
+    predictor.lm = teacher
+    with dspy.context(adapter=CompletionAdapter()):
+        return predictor(
+            request=example.request, profile=profile or shown_profile(example), expected_output=example.output
+        ).reasoning
+
+
+def evidence_post(example):
+    wording = example.traits["wording"]
+    from restpg_dspy.data.implicit_choice import FACTS
+
+    text = FACTS[example.fact]["evidence"][wording]
+    return next(n for n, item in enumerate(example.profile, start=1) if text in item["text"])
+
+
+def test_notes_cite_the_evidence_post_its_implication_and_the_right_option():
+    for example in synthetic("test", seed=0, users=6, requests_per_user=3):
+        notes = hindsight(oracle_teacher(), example)
+        assert notes.splitlines() == [
+            f"- Post [{evidence_post(example)}] shows that {IMPLICATIONS[example.fact]}.",
+            f"- So what matters most to them: {example.aspect}.",
+            f"- The option that fits: {example.answer}.",
+        ]
+        assert example.output not in notes
+
+
+def test_noisy_oracle_names_a_wrong_offered_option_for_about_its_fraction():
+    examples = synthetic("train", seed=0)
+    engine = OracleEngine(noise=0.3, seed=1)
+    wrong = []
+    for example in examples:
+        notes = engine.notes(f"Profile:\n{shown_profile(example)}\n\nRequest:\n{example.request}")
+        chosen = notes.splitlines()[-1].removeprefix("- The option that fits: ").rstrip(".")
+        assert chosen in example.options
+        wrong.append(chosen != example.answer)
+    assert 0.2 < sum(wrong) / len(wrong) < 0.4
+    assert OracleEngine(noise=0.3, seed=1).notes(example.request + shown_profile(example)) == engine.notes(
+        example.request + shown_profile(example)
+    )
+
+
+def test_oracle_refuses_what_it_did_not_generate():
+    life_facts = synthetic("train", seed=0, users=1, requests_per_user=1, task="life_facts")[0]
+    with pytest.raises(OracleError, match="no evidence post of the implicit_choice task"):
+        OracleEngine().notes(f"{life_facts.request}\n{life_facts.profile}")
+    example = synthetic("train", seed=0, users=1, requests_per_user=1)[0]
+    with pytest.raises(OracleError, match="none of the options that serve it"):
+        OracleEngine().notes(shown_profile(example) + "\nWhich cake should I bake?")
+    with pytest.raises(ValueError, match="noise must be a fraction"):
+        oracle_teacher(noise=1.5)
+    with pytest.raises(ValueError, match="'oracle:<noise>' takes a fraction"):
+        restpg_dspy.lm("oracle:lots")
+
+
+def test_backend_string_and_saved_program_keep_the_oracle():
+    assert restpg_dspy.lm("oracle").model == "oracle/implicit_choice-v1-noise0-seed0"
+    teacher = restpg_dspy.lm("oracle:0.25")
+    state = teacher.dump_state()
+    assert dspy.LM.load_state(state, allow_custom_lm_class=True).engine.noise == 0.25
