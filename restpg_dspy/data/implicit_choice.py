@@ -3,15 +3,15 @@
 Design:
 
 * **Users** have a writing style (greeting, favourite phrase, sign-off with their first name) and **one life fact**:
-  young kids, vegetarian, lives somewhere very cold, owns a dog, or on a tight budget.
+  vegetarian, lives somewhere very cold, or owns a dog.
 * **Profiles** hold four posts, all in the user's style: one *evidence* post that implies the fact, and three
   distractors about hobbies. The profile is small enough that a program shows all of it, so the evidence is always
   in the prompt.
-* **Evidence wordings**: each fact has six; four appear in every split, two only in the test split (the
+* **Evidence wordings**: each fact has four; two appear in every split, two only in the test split (the
   *held-out* wordings, ``example.wording == "held_out"``; half of the test users have one). No evidence wording, and
   no distractor, shares a content word with any request or option, so matching words cannot find the answer.
-* **Requests** ask the user to pick one of three options (shuffled), each serving a different need: child safety,
-  meat-free food, warmth, pets, or a low price. Three request kinds: a restaurant, a weekend getaway, a home to rent.
+* **Requests** ask the user to pick one of three options (shuffled), each serving a different need: meat-free food,
+  warmth or pets. Three request kinds: a restaurant, a getaway, a home to rent.
 * **Expected output**: the user's greeting, an opening, the option that serves their fact copied from the request,
   a short clause giving the reason, their phrase and their sign-off.
 
@@ -38,32 +38,19 @@ import dspy
 from restpg_dspy.data.personas import Style, sentence, split_names
 
 SPLIT_USERS = {"train": 48, "val": 16, "test": 80}
-SEEN_WORDINGS = 4  # the first four wordings of each fact appear in every split; the rest only in the test split
+SEEN_WORDINGS = 2  # the first two wordings of each fact appear in every split; the rest only in the test split
 OPTIONS_PER_REQUEST = 3
 
-# fact -> (the need it makes matter, the evidence wordings, the reason clause of the answer).
+# fact -> (the need it makes matter, the evidence wordings, the reason clause of the answer). Calibrated on plain SFT's
+# accuracy on seen wordings: with five facts and four seen wordings each, SFT (3 epochs, 144 examples) chose at chance.
 FACTS: dict[str, dict] = {
-    "kids": {
-        "aspect": "child safety",
-        "evidence": [
-            "My two little ones built a pillow fort in the hallway again.",
-            "School pickup, then swimming lessons, then bedtime stories for two.",
-            "Our daughter lost her first tooth and her brother wants one too.",
-            "Packed three lunchboxes and signed a permission slip before breakfast.",
-            "The twins finally learned to tie their own shoes.",
-            "Sat through a parent-teacher meeting for our youngest.",
-        ],
-        "reason": "since the kids need to be safe",
-    },
     "vegetarian": {
         "aspect": "meat-free food",
         "evidence": [
             "Tofu, lentils and chickpeas fill my shopping cart.",
             "A decade since I last ate a steak or a burger, and no regrets.",
-            "Made a lentil stew and swapped the bacon for smoked paprika, as always.",
-            "At the barbecue I stuck to grilled halloumi and corn, like every summer.",
             "My grandmother finally stopped offering me her chicken soup.",
-            "I read every label to be sure there is no gelatin or lard inside.",
+            "At the barbecue I stuck to grilled halloumi and corn, like every summer.",
         ],
         "reason": "since I do not eat meat",
     },
@@ -74,8 +61,6 @@ FACTS: dict[str, dict] = {
             "Shovelled snow off the porch for the third time in seven days.",
             "The lake outside our village froze solid again in October.",
             "Scraped ice off the windshield before dawn, as every day since autumn.",
-            "Our pipes burst when the thermometer hit minus thirty.",
-            "Half of the calendar the sun barely rises above the hills up north.",
         ],
         "reason": "since staying warm matters where I live",
     },
@@ -83,25 +68,11 @@ FACTS: dict[str, dict] = {
         "aspect": "pets",
         "evidence": [
             "Took my beagle for a long walk by the river.",
-            "My puppy chewed through another squeaky toy.",
             "Bought a new leash and a bag of treats at the shop.",
-            "Woken at six by barking at the mail carrier again.",
             "Brushed a mountain of fur off the sofa after his nap.",
-            "He finally learned to fetch the ball and bring it back.",
+            "Woken at six by barking at the mail carrier again.",
         ],
         "reason": "since my dog comes everywhere with me",
-    },
-    "budget": {
-        "aspect": "a low price",
-        "evidence": [
-            "Clipped coupons all afternoon; every cent counts right now.",
-            "Lost my job in spring, so we only buy what we truly need.",
-            "Compared three shops to get a discount on toothpaste.",
-            "Wrote down every expense in a little notebook.",
-            "Skipped the movies again; the bills come first.",
-            "Patched my old jeans instead of buying new ones.",
-        ],
-        "reason": "since every penny counts for me",
     },
 }
 
@@ -111,33 +82,27 @@ FAMILIES: dict[str, dict] = {
         "question": "Which place should we choose for dinner on Saturday?",
         "opening": "For Saturday I would choose",
         "options": {
-            "kids": "the diner with a fenced play corner and high chairs",
             "vegetarian": "the bistro with a fully meat-free menu",
             "cold": "the tavern with a roaring fireplace and heated seats",
             "dog": "the patio café where pets are welcome",
-            "budget": "the noodle bar with the lowest prices around",
         },
     },
     "getaway": {
         "question": "Which getaway should I pick for a short break?",
         "opening": "For my short break I would pick",
         "options": {
-            "kids": "the resort with lifeguards and a gated shallow pool",
             "vegetarian": "the farm retreat with a vegetarian kitchen",
             "cold": "the heated cabin with thick blankets and a sauna",
             "dog": "the lodge with pet beds and open fields",
-            "budget": "the hostel with the cheapest bunks in the region",
         },
     },
     "home": {
         "question": "Which home should I rent?",
         "opening": "Of the homes I saw, I would rent",
         "options": {
-            "kids": "the loft with stair gates and locks on all cupboards",
             "vegetarian": "the studio beside a meat-free grocer",
             "cold": "the apartment with heated floors and triple glazing",
             "dog": "the maisonette that allows pets and has a park nearby",
-            "budget": "the bedsit with the lowest rent",
         },
     },
 }

@@ -43,11 +43,9 @@ from dspy.lm15 import Message, Response, TextPart, Usage
 from restpg_dspy.data.implicit_choice import FACTS, FAMILIES
 
 IMPLICATIONS = {
-    "kids": "this user has young children",
     "vegetarian": "this user does not eat meat",
     "cold": "this user lives somewhere very cold",
     "dog": "this user has a dog",
-    "budget": "this user is on a tight budget",
 }
 _POST_MARKER = re.compile(r"\[(\d+)\]")
 # Part of the model id: bump it whenever the notes change, so no cache or run directory mixes two versions.
