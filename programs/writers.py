@@ -119,11 +119,16 @@ class PersonalizedWriter(PersonalizedProgram):
     """REST-PG's program: retrieve → reason about the user → write from that reasoning.
 
     Predictors: ``reason`` (request + profile → reasoning) and ``write`` (request + profile + reasoning → response).
-    Predictions carry ``reasoning``, ``response`` and the ``retrieved`` items.
+    Predictions carry ``reasoning``, ``response`` and the ``retrieved`` items. The reasoning step gets 128 tokens by
+    default (short bullet points; a small model's notes otherwise run on to the LM's whole ``max_tokens``).
     """
 
-    def __init__(self, retriever: Retriever | None = None, **kwargs: Any):
-        super().__init__(retriever=retriever if retriever is not None else BM25(k=5), **kwargs)
+    def __init__(self, retriever: Retriever | None = None, reasoning_max_tokens: int | None = 128, **kwargs: Any):
+        super().__init__(
+            retriever=retriever if retriever is not None else BM25(k=5),
+            reasoning_max_tokens=reasoning_max_tokens,
+            **kwargs,
+        )
         self.reason = dspy.Predict(PersonalReasoning)
         self.write = dspy.Predict(PersonalizedResponse)
 

@@ -20,14 +20,14 @@ DEMO_CONFIG: dict[str, Any] = {
     "methods": ["personalized", "sft", "rest-pg"],
     "metrics": ["option_accuracy", "rouge_l"],
     "synthetic_task": "implicit_choice",
-    "synthetic_train_users": 8,
-    "synthetic_test_users": 8,
+    "synthetic_train_users": 6,
+    "synthetic_test_users": 6,
     "k": 4,
     "max_tokens": 64,
     "reasoning_max_tokens": 64,
     "response_max_tokens": 64,
     "optimizer": {"rounds": 1, "samples_per_input": 4, "max_per_input": 1},
-    "train_kwargs": {"num_train_epochs": 2, "learning_rate": 1e-3, "per_device_train_batch_size": 8, "max_length": 512},
+    "train_kwargs": {"num_train_epochs": 3, "learning_rate": 2e-3, "per_device_train_batch_size": 8, "max_length": 512},
 }
 METHOD_LABELS = {"personalized": "uncompiled PersonalizedWriter", "sft": "SFT (RAGWriter)", "rest-pg": "REST-PG"}
 
