@@ -40,3 +40,18 @@ def test_offline_table_config_matches_the_demo():
     for key, value in DEMO_CONFIG.items():
         if key not in ("run_dir", "methods"):
             assert getattr(offline, key) == value, key
+
+
+def test_ordering_control_differs_from_the_experiment_only_in_its_teacher_and_methods():
+    from restpg_dspy.evals.table import METHODS, TableConfig
+
+    experiment = TableConfig.from_file(REPO / "configs/ordering.yaml")
+    control = TableConfig.from_file(REPO / "configs/ordering_self_teacher.yaml")
+    assert sorted(experiment.methods) == sorted(METHODS) and experiment.teacher == "oracle"
+    assert control.teacher is None
+    for name in TableConfig.__dataclass_fields__:
+        if name not in ("run_dir", "methods", "teacher"):
+            assert getattr(control, name) == getattr(experiment, name), name
+    # Sized for the truth: >= 128 training examples, >= 2 rounds of >= 4 samples, >= 240 test examples from >= 80 users.
+    assert experiment.synthetic_train_users * 3 >= 128 and experiment.synthetic_test_users >= 80
+    assert experiment.optimizer["rounds"] >= 2 and experiment.optimizer["samples_per_input"] >= 4
