@@ -89,7 +89,7 @@ class RESTPG(Teleprompter):
         top_p: Nucleus mass of the E-step.
         threshold: Keep traces with reward >= threshold (``None``: no absolute cut-off).
         top_fraction: Keep at most this fraction of each input's samples, best first (``None``: no limit).
-        max_per_input: Keep at most this many distinct traces per input.
+        max_per_input: Keep at most this many distinct traces per input (the paper: 10 of 32, above a threshold).
         reasoning_max_tokens: Token budget of the reasoning step of the program this optimizer samples, trains and
             returns (``None``: the program's own budget).
         response_max_tokens: Token budget of the response step, likewise.
@@ -122,7 +122,7 @@ class RESTPG(Teleprompter):
         top_p: float = 1.0,
         threshold: float | None = None,
         top_fraction: float | None = None,
-        max_per_input: int = 10,
+        max_per_input: int = 2,
         reasoning_max_tokens: int | None = None,
         response_max_tokens: int | None = None,
         reasoning_length_target: int | None = None,
