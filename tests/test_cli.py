@@ -31,6 +31,10 @@ def test_user_mistakes_are_one_line_errors(tmp_path, capsys):
     assert error.startswith("restpg: error:") and error.count("\n") == 1
     assert main(["table", "--config", str(tmp_path / "missing.yaml")]) == 2
     assert "missing.yaml does not exist" in capsys.readouterr().err
+    assert main(["table", "--reasoning-max-tokens", "0", "--run-dir", str(tmp_path)]) == 2
+    assert "reasoning_max_tokens must be a positive number of tokens, not 0" in capsys.readouterr().err
+    assert main(["compile", "--synthetic-task", "riddles", "--run-dir", str(tmp_path)]) == 2
+    assert "unknown synthetic_task 'riddles'; choose one of" in capsys.readouterr().err
 
 
 def test_compile_then_evaluate_the_saved_program(tiny_config, tmp_path, capsys):
