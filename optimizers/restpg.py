@@ -117,7 +117,7 @@ class RESTPG(Teleprompter):
         metric: Metric | None = None,
         *,
         rounds: int = 2,
-        samples_per_input: int = 8,
+        samples_per_input: int = 4,
         temperature: float = 0.7,
         top_p: float = 1.0,
         threshold: float | None = None,

@@ -28,7 +28,7 @@ def lm(
     spec: str = "local",
     *,
     temperature: float = 0.0,
-    max_tokens: int = 512,
+    max_tokens: int = 256,
     adapter: str | Path | None = None,
     **kwargs: Any,
 ) -> dspy.LM:
@@ -39,7 +39,7 @@ def lm(
             causal LM with a chat template (trainable with LoRA through ``lm.finetune``); anything else is passed to
             ``dspy.LM`` (LiteLLM / native providers), e.g. ``"openai/gpt-4o-mini"``.
         temperature: Default sampling temperature.
-        max_tokens: Default token budget per completion.
+        max_tokens: Default token budget per completion (long-form tasks such as LongLaMP abstracts may want 512).
         adapter: For local backends, the folder of a saved LoRA adapter to serve on top of the base model.
         **kwargs: For local backends, engine settings (``dtype``, ``device``, ``max_batch_size``,
             ``batch_window_ms``, ``default_max_tokens``) and any ``dspy.LM`` keyword (``cache``, ...);
