@@ -108,10 +108,10 @@ class TableConfig:
 
         if self.synthetic_task not in TASKS:
             raise ValueError(f"unknown synthetic_task {self.synthetic_task!r}; choose one of {sorted(TASKS)}")
+        from restpg_dspy.programs.writers import check_token_budget
+
         for name in ("max_tokens", "reasoning_max_tokens", "response_max_tokens"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-                raise ValueError(f"{name} must be a positive number of tokens, not {value!r}")
+            check_token_budget(name, getattr(self, name))
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> TableConfig:

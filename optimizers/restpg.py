@@ -55,6 +55,7 @@ from restpg_dspy.optimizers.traces import (
     without_lms,
 )
 from restpg_dspy.programs.signatures import HindsightReasoning
+from restpg_dspy.programs.writers import check_token_budget
 
 logger = logging.getLogger(__name__)
 
@@ -149,13 +150,9 @@ class RESTPG(Teleprompter):
             raise ValueError("rounds must be >= 0, samples_per_input and max_per_input >= 1")
         if top_fraction is not None and not 0 < top_fraction <= 1:
             raise ValueError("top_fraction must be in (0, 1]")
-        for name, value in (
-            ("reasoning_max_tokens", reasoning_max_tokens),
-            ("response_max_tokens", response_max_tokens),
-            ("reasoning_length_target", reasoning_length_target),
-        ):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-                raise ValueError(f"{name} must be a positive number of tokens, not {value!r}")
+        check_token_budget("reasoning_max_tokens", reasoning_max_tokens)
+        check_token_budget("response_max_tokens", response_max_tokens)
+        check_token_budget("reasoning_length_target", reasoning_length_target)
         if reasoning_length_penalty < 0 or (reasoning_length_penalty > 0 and reasoning_length_target is None):
             raise ValueError("reasoning_length_penalty must be >= 0 and needs a reasoning_length_target")
         self.metric = metric

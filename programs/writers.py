@@ -29,6 +29,16 @@ from restpg_dspy.tasks import TASKS, TaskFormat, detect_task
 _CONTEXT_RESERVE = 512
 
 
+def check_token_budget(name: str, value: int | None) -> None:
+    """Refuse a token budget that is set but is not a positive integer, naming the setting.
+
+    Raises:
+        ValueError: ``value`` is not ``None`` and not a positive ``int``.
+    """
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+        raise ValueError(f"{name} must be a positive number of tokens, not {value!r}")
+
+
 class PersonalizedProgram(dspy.Module):
     """Shared parts of the writers: retrieval, profile rendering within budget, and the adapter each call uses.
 
@@ -64,12 +74,8 @@ class PersonalizedProgram(dspy.Module):
 
     def set_budgets(self, reasoning_max_tokens: int | None = None, response_max_tokens: int | None = None) -> None:
         """Set the token budgets of the reasoning and response steps (``None`` leaves the LM's ``max_tokens``)."""
-        for name, value in (
-            ("reasoning_max_tokens", reasoning_max_tokens),
-            ("response_max_tokens", response_max_tokens),
-        ):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-                raise ValueError(f"{name} must be a positive number of tokens, not {value!r}")
+        check_token_budget("reasoning_max_tokens", reasoning_max_tokens)
+        check_token_budget("response_max_tokens", response_max_tokens)
         self.reasoning_max_tokens = reasoning_max_tokens
         self.response_max_tokens = response_max_tokens
 

@@ -121,6 +121,7 @@ class OracleEngine:
             model=request.model,
             message=Message.assistant([TextPart(text)]),
             finish_reason="stop",
+            # Counted in words: the oracle has no tokenizer.
             usage=Usage(input_tokens=len(prompt.split()), output_tokens=len(text.split())),
         )
 
