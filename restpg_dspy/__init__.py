@@ -11,7 +11,14 @@ import os
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from restpg_dspy.backends import lm
-
 __all__ = ["lm"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # DSPy is imported on first use of ``lm``, so the model and generation modules load without it.
+    if name == "lm":
+        from restpg_dspy.backends import lm
+
+        return lm
+    raise AttributeError(f"module 'restpg_dspy' has no attribute {name!r}")
