@@ -2,8 +2,10 @@
 
 Cache keys are a fingerprint of the program (its LMs' model ids, which name adapter hashes, their generation
 settings, every predictor's signature, instructions and demos, and the program's own settings such as retrieval),
-the example's id and the metric's name. A second identical run reads everything from disk; an interrupted run
-resumes; changing the model or a prompt recomputes only what depends on it.
+the example's id and the metric's identity (:func:`~restpg_dspy.evals.metrics.metric_identity`: a judge's model,
+settings, rubric and scoring mode, not just its name). A second identical run reads everything from disk; an
+interrupted run resumes; changing the model, a prompt or a judge recomputes only what depends on it. Failures are
+recorded in the result but never cached: the next run tries them again.
 
 Example:
     >>> from restpg_dspy.evals import evaluate, rouge_l
@@ -19,6 +21,7 @@ import hashlib
 import json
 import math
 import threading
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -29,18 +32,10 @@ import dspy
 import numpy as np
 from tqdm.auto import tqdm
 
+from restpg_dspy.backends import lm_identity
+from restpg_dspy.evals.metrics import metric_key, metric_name
+
 Metric = Callable[..., float]
-
-
-def metric_name(metric: Metric) -> str:
-    return getattr(metric, "__name__", None) or type(metric).__name__
-
-
-def _lm_state(lm: Any) -> dict[str, Any] | None:
-    if lm is None:
-        return None
-    settings = {k: v for k, v in sorted(getattr(lm, "kwargs", {}).items()) if k not in ("rollout_id",)}
-    return {"model": lm.model, "settings": json.loads(json.dumps(settings, default=str))}
 
 
 def program_fingerprint(program: dspy.Module) -> str:
@@ -48,14 +43,14 @@ def program_fingerprint(program: dspy.Module) -> str:
     state = {
         "program": type(program).__qualname__,
         "settings": program.describe() if hasattr(program, "describe") else None,
-        "default_lm": _lm_state(dspy.settings.lm),
+        "default_lm": lm_identity(dspy.settings.lm),
         "predictors": {
             name: {
                 "signature": str(p.signature),
                 "instructions": p.signature.instructions,
                 "fields": {k: f.json_schema_extra for k, f in p.signature.fields.items()},
                 "demos": [d.toDict() if hasattr(d, "toDict") else d for d in p.demos],
-                "lm": _lm_state(p.lm),
+                "lm": lm_identity(p.lm),
             }
             for name, p in program.named_predictors()
         },
@@ -85,9 +80,13 @@ class EvaluationResult:
 
     Attributes:
         program_fingerprint: The fingerprint the cache keys used.
-        rows: One dict per example: ``id``, ``user_id``, ``response``, the metric values, ``errors``.
+        rows: One dict per example: ``id``, ``user_id``, ``response``, the metric values, ``errors`` (``{"program"
+            or metric name: "ExceptionType: message"}``).
         metrics: Metric names, in order.
         cached_predictions: How many predictions came from the cache.
+        cached_scores: How many metric values came from the cache.
+        recomputed_corrupt: Cache entries that were unreadable (or failures cached by an older version) and were
+            computed again.
     """
 
     program_fingerprint: str
@@ -99,20 +98,28 @@ class EvaluationResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, dict[str, Any]]:
-        """Per metric: mean, 95% bootstrap interval, n scored, errors, and predictions missing the response."""
+        """Per metric: mean, 95% bootstrap interval, n scored, failed examples (a program failure counts for every
+        metric) with their exception types in ``error_kinds``, and predictions missing the response."""
         summary = {}
         for name in self.metrics:
             values = [r[name] for r in self.rows if isinstance(r.get(name), float)]
             low, high = bootstrap_interval(values)
+            failures = [e for r in self.rows for stage, e in r.get("errors", {}).items() if stage in ("program", name)]
             summary[name] = {
                 "mean": float(np.mean(values)) if values else math.nan,
                 "ci_low": low,
                 "ci_high": high,
                 "n": len(values),
-                "errors": sum(1 for r in self.rows if name in r.get("errors", {})),
+                "errors": len(failures),
+                "error_kinds": dict(Counter(error_kind(e) for e in failures)),
                 "missing_field": sum(1 for r in self.rows if r.get("missing_field")),
             }
         return summary
+
+    @property
+    def failed(self) -> int:
+        """Examples with any failure (program or metric); a re-run retries exactly these."""
+        return sum(1 for r in self.rows if r.get("errors"))
 
     def to_jsonl(self, path: str | Path) -> None:
         Path(path).write_text("".join(json.dumps(row, default=str) + "\n" for row in self.rows))
@@ -124,6 +131,11 @@ class EvaluationResult:
             writer.writeheader()
             for row in self.rows:
                 writer.writerow({**row, "errors": json.dumps(row.get("errors", {}))})
+
+
+def error_kind(error: str) -> str:
+    """The exception type of a recorded ``"ExceptionType: message"`` error."""
+    return error.partition(":")[0]
 
 
 class _Store:
@@ -166,11 +178,13 @@ def evaluate(
     num_threads: int = 8,
     progress: bool = True,
     output_field: str = "response",
+    cache_failures: bool = False,
 ) -> EvaluationResult:
     """Run ``program`` on ``dataset`` and score it with every metric, caching predictions and scores on disk.
 
     A program failure or a metric exception on one example is recorded for that example (with the error) and the
-    run goes on; a prediction without ``output_field`` scores as a failure counted under ``missing_field``.
+    run goes on; it is not cached, so the next run retries it (a rate limit or a timeout is not remembered). A
+    prediction without ``output_field`` scores as a failure counted under ``missing_field``.
 
     Args:
         program: The program to evaluate.
@@ -180,25 +194,37 @@ def evaluate(
         num_threads: Concurrent program runs.
         progress: Show a progress bar.
         output_field: The prediction field metrics read.
+        cache_failures: Also cache failures, for programs and metrics that fail deterministically (opt-in).
+
+    Raises:
+        ValueError: two metrics report under the same name (e.g. two ``LLMJudge``: give them ``name=``).
     """
     store = _Store(cache_dir)
     fingerprint = program_fingerprint(program)
     names = [metric_name(m) for m in metrics]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise ValueError(f"several metrics report under the name(s) {duplicated}: give each a distinct name")
+    keys = [metric_key(m) for m in metrics]
     counts = {"predictions": 0, "scores": 0}
     counts_lock = threading.Lock()
 
     def cached(key: str, kind: str, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        """The stored result for ``key``, else ``compute()``'s (an exception becomes a stored ``error``)."""
+        """The stored result for ``key``, else ``compute()``'s (an exception becomes an ``error``, not stored)."""
         result = store.get(key)
-        if result is not None:
+        if result is not None and ("error" not in result or cache_failures):
             with counts_lock:
                 counts[kind] += 1
             return result
+        if result is not None:  # a failure an older version cached: tried again
+            with counts_lock:
+                store.corrupt += 1
         try:
-            result = compute()
+            result = json.loads(json.dumps(compute(), default=str))
         except Exception as err:
             result = {"error": f"{type(err).__name__}: {err}"}
-        result = json.loads(json.dumps(result, default=str))
+            if not cache_failures:
+                return result
         store.set(key, result)
         return result
 
@@ -208,7 +234,9 @@ def evaluate(
 
     def score(metric: Metric, example: dspy.Example, prediction: dspy.Prediction) -> dict[str, Any]:
         value = float(metric(example, prediction))
-        return {"value": value} if math.isfinite(value) else {"error": f"non-finite score {value}"}
+        if not math.isfinite(value):
+            raise ValueError(f"non-finite score {value}")
+        return {"value": value}
 
     def one(example: dspy.Example) -> dict[str, Any]:
         key = example_id(example)
@@ -225,9 +253,9 @@ def evaluate(
                 row[name] = 0.0
             return row
         prediction = dspy.Prediction(**fields)
-        for metric, name in zip(metrics, names, strict=True):
+        for metric, name, identity in zip(metrics, names, keys, strict=True):
             result = cached(
-                f"score:{fingerprint}:{key}:{name}", "scores", lambda m=metric: score(m, example, prediction)
+                f"score:{fingerprint}:{key}:{identity}", "scores", lambda m=metric: score(m, example, prediction)
             )
             if "value" in result:
                 row[name] = result["value"]

@@ -1,8 +1,10 @@
 """An LLM judge that scores a response against what the user really wrote on a 1–10 rubric (REST-PG's metric).
 
 When the judge LM reports token log-probabilities, the score is the rubric value with the highest probability
-(``"10"`` is read as ``"1"`` followed by ``"0"``); otherwise the first number in its answer is taken, and answers
-without one are counted and raised as :class:`JudgeParseError`. Usable as a metric and as the optimizer's reward.
+(``"10"`` is read as ``"1"`` followed by ``"0"``, which can be split only where the judge wrote ``"1"``: the
+distribution of the next token is then the one after ``"1"``); otherwise the first number in its answer is taken, and
+answers without one are counted and raised as :class:`JudgeParseError`.
+Usable as a metric and as the optimizer's reward.
 
 Example:
     >>> import restpg_dspy
@@ -14,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 import threading
@@ -23,6 +26,7 @@ from typing import Any
 import dspy
 from dspy.lm15 import Config, Message, Request
 
+from restpg_dspy.backends import lm_identity
 from restpg_dspy.evals.metrics import reference_and_response
 
 RUBRIC = (
@@ -45,19 +49,38 @@ class LLMJudge:
         lm: Any ``dspy.LM`` (a local model or an API model).
         use_logprobs: Read the most probable score from log-probabilities when the LM reports them.
         top_logprobs: Alternatives requested per token.
+        rubric: The grading instructions (the system prompt).
+        name: The name its values are reported under (give two judges in one evaluation different names).
 
     Attributes:
         stats: Counters: ``scored_by_logprobs``, ``scored_by_text``, ``unparseable``.
     """
 
-    __name__ = "llm_judge"
-
-    def __init__(self, lm: dspy.LM, *, use_logprobs: bool = True, top_logprobs: int = 20):
+    def __init__(
+        self,
+        lm: dspy.LM,
+        *,
+        use_logprobs: bool = True,
+        top_logprobs: int = 20,
+        rubric: str = RUBRIC,
+        name: str = "llm_judge",
+    ):
         self.lm = lm
         self.use_logprobs = use_logprobs
         self.top_logprobs = top_logprobs
+        self.rubric = rubric
+        self.__name__ = name
         self.stats: Counter[str] = Counter()
         self._lock = threading.Lock()
+
+    def identity(self) -> dict[str, Any]:
+        """The judge LM (model id and settings), the rubric's hash and the scoring mode: what decides a score."""
+        return {
+            "metric": "llm_judge",
+            "lm": lm_identity(self.lm),
+            "rubric": hashlib.sha256(self.rubric.encode()).hexdigest()[:16],
+            "scoring": f"logprobs(top {self.top_logprobs})" if self.use_logprobs else "text",
+        }
 
     def __call__(self, example: Any, prediction: Any, trace: Any = None) -> float:
         reference, response = reference_and_response(example, prediction)
@@ -69,7 +92,9 @@ class LLMJudge:
             f"Request:\n{request}\n\nText the user wrote:\n{reference}\n\nGenerated text:\n{response}\n\nScore (1-10):"
         )
         config = Config(max_tokens=4, temperature=0.0, logprobs=self.top_logprobs if self.use_logprobs else None)
-        answer = self.lm(Request(model=self.lm.model, system=RUBRIC, messages=(Message.user(prompt),), config=config))
+        answer = self.lm(
+            Request(model=self.lm.model, system=self.rubric, messages=(Message.user(prompt),), config=config)
+        )
         if answer.logprobs:
             value = _most_probable_score(answer.logprobs)
             if value is not None:
@@ -98,8 +123,10 @@ def _most_probable_score(tokens: tuple) -> int | None:
             text = alternative.token.strip()
             if text.isdigit() and 1 <= int(text) <= 10:
                 candidates[int(text)] = max(candidates.get(int(text), -math.inf), alternative.logprob)
-        if 1 in candidates and position + 1 < len(tokens):
-            # "10" is "1" then "0": split the mass of "1" by how likely "0" follows it.
+        single_token_ten = 10 in candidates
+        if token.token.strip() == "1" and position + 1 < len(tokens):
+            # "10" is "1" then "0": split the mass of "1" by how likely "0" follows it. Only where "1" was written
+            # is the next token's distribution the one after "1".
             following = tokens[position + 1]
             zero = max((a.logprob for a in (*following.top, following) if a.token.strip() == "0"), default=-math.inf)
             p_one = math.exp(candidates[1])
@@ -107,5 +134,10 @@ def _most_probable_score(tokens: tuple) -> int | None:
             if p_zero > 0:
                 candidates[10] = max(candidates.get(10, -math.inf), math.log(p_one * p_zero))
                 candidates[1] = math.log(max(p_one * (1 - p_zero), 1e-300))
-        return max(candidates, key=candidates.get) if candidates else None
+        elif not candidates:
+            return None
+        best = max(candidates, key=candidates.get)
+        if best == 1 and token.token.strip() != "1" and not single_token_ten:
+            return None  # "1" stands for "1" and "10" together and cannot be split: the written answer decides
+        return best
     return None

@@ -14,9 +14,58 @@ Example:
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import re
 import threading
 from typing import Any
+
+
+def metric_name(metric: Any) -> str:
+    """The name a metric's values are reported under (its ``__name__``)."""
+    return getattr(metric, "__name__", None) or type(metric).__name__
+
+
+def metric_identity(metric: Any) -> Any:
+    """A JSON-able identity of everything that decides a metric's values, for cache keys and run directories.
+
+    A function is identified by its module and qualified name; an object with an ``identity()`` method (such as
+    :class:`LLMJudge`, whose identity holds its judge LM, rubric and scoring mode) by what that returns; any other
+    callable object by its class and its public attributes.
+
+    Example:
+        >>> from restpg_dspy.evals import rouge_l
+        >>> metric_identity(rouge_l)
+        'restpg_dspy.evals.metrics.rouge_l'
+    """
+    if hasattr(metric, "identity"):
+        return metric.identity()
+    if isinstance(metric, functools.partial):
+        return {
+            "partial": metric_identity(metric.func),
+            "args": _jsonable(metric.args),
+            "kwargs": _jsonable(metric.keywords),
+        }
+    if hasattr(metric, "__qualname__"):
+        return f"{metric.__module__}.{metric.__qualname__}"
+    public = {k: v for k, v in sorted(vars(metric).items()) if not k.startswith("_")}
+    return {"metric": f"{type(metric).__module__}.{type(metric).__qualname__}", "attributes": _jsonable(public)}
+
+
+def metric_key(metric: Any) -> str:
+    """A short hash of :func:`metric_identity`, for cache keys."""
+    return hashlib.sha256(json.dumps(metric_identity(metric), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _jsonable(value: Any) -> Any:
+    from restpg_dspy.backends import lm_identity
+
+    def default(item: Any) -> Any:
+        if hasattr(item, "model") and hasattr(item, "kwargs"):  # a dspy.LM
+            return lm_identity(item)
+        return metric_identity(item) if callable(item) else type(item).__qualname__
+
+    return json.loads(json.dumps(value, default=default, sort_keys=True))
 
 
 @functools.cache
@@ -117,11 +166,14 @@ class WeightedMean:
         if not weights or any(w <= 0 for w in weights.values()):
             raise ValueError("a weighted mean needs at least one metric, each with a positive weight")
         self.weights = dict(weights)
-        names = [getattr(m, "__name__", type(m).__name__) for m in self.weights]
+        names = [metric_name(m) for m in self.weights]
         equal = len(set(self.weights.values())) == 1
         self.__name__ = "+".join(
             n if equal else f"{w:g}*{n}" for n, w in zip(names, self.weights.values(), strict=True)
         )
+
+    def identity(self) -> dict[str, Any]:
+        return {"metric": "weighted_mean", "parts": [[metric_identity(m), w] for m, w in self.weights.items()]}
 
     def __call__(self, example: Any, prediction: Any, trace: Any = None) -> float:
         total = sum(self.weights.values())

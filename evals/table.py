@@ -287,7 +287,7 @@ def run_table(config: TableConfig) -> dict[str, dict[str, Any]]:
         ``results[method][task]`` = the evaluation summary (per metric: mean, interval, n, errors).
     """
     from restpg_dspy.evals import evaluate
-    from restpg_dspy.evals.evaluate import metric_name
+    from restpg_dspy.evals.metrics import metric_name
     from restpg_dspy.evals.paired import adjacent_differences, differences_table
     from restpg_dspy.evals.report import markdown_table, plot_scores
 

@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,24 @@ from restpg_dspy.finetune import PEFTProvider
 LOCAL_PREFIX = "local:"
 ORACLE = "oracle"
 _ENGINE_SETTINGS = ("dtype", "device", "max_batch_size", "batch_window_ms", "default_max_tokens")
+# Settings that never change what an LM answers: per-call sampling ids and credentials (never written anywhere).
+_UNSCORED_SETTINGS = ("rollout_id", "api_key", "api_base", "base_url", "headers", "extra_headers")
+
+
+def lm_identity(lm: dspy.LM | None) -> dict[str, Any] | None:
+    """What decides an LM's answers: its model id (local ids name adapter hashes) and generation settings.
+
+    Credentials and endpoints are left out, so an identity can be written to run directories and cache keys.
+
+    Example:
+        >>> import dspy
+        >>> lm_identity(dspy.LM("openai/gpt-4o-mini", temperature=0.0, max_tokens=16, api_key="sk-secret"))
+        {'model': 'openai/gpt-4o-mini', 'settings': {'max_tokens': 16, 'temperature': 0.0}}
+    """
+    if lm is None:
+        return None
+    settings = {k: v for k, v in sorted(getattr(lm, "kwargs", {}).items()) if k not in _UNSCORED_SETTINGS}
+    return {"model": lm.model, "settings": json.loads(json.dumps(settings, default=str))}
 
 
 def lm(

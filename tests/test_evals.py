@@ -1,5 +1,7 @@
+import hashlib
 import json
 import math
+from collections import Counter
 
 import dspy
 import pytest
@@ -10,6 +12,7 @@ from restpg_dspy.data import load_longlamp, synthetic
 from restpg_dspy.evals import (
     JudgeParseError,
     LLMJudge,
+    WeightedMean,
     evaluate,
     meteor,
     meteor_without_synonyms,
@@ -108,6 +111,44 @@ def test_judge_takes_the_most_probable_score_from_logprobs():
     assert judge.stats["scored_by_logprobs"] == 1
 
 
+def test_judge_splits_ten_only_with_the_distribution_after_one():
+    example, prediction = pair("ref", "resp")
+    # A sampled "8": the "0" that follows is the distribution after "8", which says nothing about "10".
+    eighty = [
+        token("8", math.log(0.2), [("1", math.log(0.5)), ("8", math.log(0.2)), ("9", math.log(0.1))]),
+        token("0", math.log(0.9), [("0", math.log(0.9))]),
+    ]
+    judge = judge_of(ScriptedJudge("8", eighty))
+    assert judge(example, prediction) == 0.8  # "1" or "10" cannot be told apart: the written answer decides
+    assert judge.stats["scored_by_text"] == 1
+    nine = [
+        token("8", math.log(0.2), [("9", math.log(0.5)), ("1", math.log(0.25)), ("8", math.log(0.2))]),
+        token("0", math.log(0.9), [("0", math.log(0.9))]),
+    ]
+    assert judge_of(ScriptedJudge("8", nine))(example, prediction) == 0.9
+    one = [
+        token("1", math.log(0.6), [("1", math.log(0.6)), ("9", math.log(0.3))]),
+        token("<eos>", math.log(0.8), [("<eos>", math.log(0.8)), ("0", math.log(0.2))]),
+    ]
+    assert judge_of(ScriptedJudge("1", one))(example, prediction) == 0.1  # 0.48 for "1" beats 0.3 and 0.12
+
+
+def test_judges_differ_in_identity_by_model_rubric_and_scoring():
+    from restpg_dspy.evals.metrics import metric_identity, metric_key
+
+    base = LLMJudge(dspy.LM("openai/judge-a", cache=False))
+    variants = [
+        LLMJudge(dspy.LM("openai/judge-b", cache=False)),
+        LLMJudge(dspy.LM("openai/judge-a", cache=False, temperature=0.5)),
+        LLMJudge(dspy.LM("openai/judge-a", cache=False), rubric="Grade strictly."),
+        LLMJudge(dspy.LM("openai/judge-a", cache=False), use_logprobs=False),
+    ]
+    keys = {metric_key(j) for j in [base, *variants]}
+    assert len(keys) == 5
+    assert metric_key(LLMJudge(dspy.LM("openai/judge-a", cache=False))) == metric_key(base)
+    assert metric_identity(base)["lm"]["model"] == "openai/judge-a"
+
+
 def test_judge_parses_text_and_counts_unparseable_answers():
     example, prediction = pair("ref", "resp")
     assert judge_of(ScriptedJudge("Score: 6/10"))(example, prediction) == 0.6
@@ -161,6 +202,66 @@ def test_metric_errors_and_missing_fields_are_recorded_not_fatal(rag, tmp_path):
 
     missing = evaluate(NoResponse(), testset, [rouge_l], progress=False)
     assert missing.summary()["rouge_l"]["missing_field"] == 2 and all(r["rouge_l"] == 0.0 for r in missing.rows)
+
+
+def test_failures_are_recorded_but_retried_on_the_next_run(rag, tmp_path):
+    testset = synthetic("test", seed=0, users=3, requests_per_user=1)
+    outage = {"program": {testset[0].id}, "metric": {testset[1].id}}
+    calls = Counter()
+
+    class Flaky(dspy.Module):
+        """The RAG program, failing for the examples in ``outage`` (a rate limit, say) until it is lifted."""
+
+        def __init__(self):
+            super().__init__()
+            self.rag = rag
+
+        def forward(self, request, profile):
+            calls[request] += 1
+            if any(e.request == request for e in testset if e.id in outage["program"]):
+                raise TimeoutError("the API timed out")
+            return self.rag(request=request, profile=profile)
+
+    def reward(example, prediction, trace=None):
+        if example.id in outage["metric"]:
+            raise ConnectionError("judge unreachable")
+        return rouge_l(example, prediction)
+
+    reward.__qualname__ = "reward"
+    first = evaluate(Flaky(), testset, [reward], cache_dir=tmp_path, progress=False)
+    assert first.failed == 2 and first.summary()["reward"]["errors"] == 2
+    assert first.summary()["reward"]["error_kinds"] == {"TimeoutError": 1, "ConnectionError": 1}
+    assert first.summary()["reward"]["n"] == 1
+    outage["program"], outage["metric"] = set(), set()
+    second = evaluate(Flaky(), testset, [reward], cache_dir=tmp_path, progress=False)
+    assert second.failed == 0 and second.summary()["reward"]["n"] == 3
+    assert second.cached_predictions == 2 and second.cached_scores == 1  # only the failures were computed again
+    assert calls[testset[0].request] == 2 and calls[testset[2].request] == 1
+    third = evaluate(Flaky(), testset, [reward], cache_dir=tmp_path, progress=False)
+    assert third.cached_predictions == 3 and third.cached_scores == 3 and third.rows == second.rows
+
+
+def test_scores_are_cached_by_metric_identity_not_name(rag, tmp_path):
+    testset = synthetic("test", seed=0, users=2, requests_per_user=1)
+    evaluate(rag, testset, [WeightedMean({rouge_l: 1})], cache_dir=tmp_path, progress=False)
+    again = evaluate(rag, testset, [WeightedMean({rouge_l: 1, rouge_1: 1})], cache_dir=tmp_path, progress=False)
+    assert again.cached_predictions == 2 and again.cached_scores == 0
+    judges = [LLMJudge(dspy.LM("openai/a", cache=False)), LLMJudge(dspy.LM("openai/b", cache=False))]
+    with pytest.raises(ValueError, match=r"llm_judge.*distinct name"):
+        evaluate(rag, testset, judges, cache_dir=tmp_path, progress=False)
+
+
+def test_a_failure_cached_by_an_older_version_is_retried(rag, tmp_path):
+    import diskcache
+
+    testset = synthetic("test", seed=0, users=2, requests_per_user=1)
+    first = evaluate(rag, testset, [rouge_l], cache_dir=tmp_path, progress=False)
+    with diskcache.Cache(str(tmp_path)) as cache:
+        key = next(k for k in cache if k.startswith("prediction:"))
+        payload = json.dumps({"error": "RateLimitError: slow down"})
+        cache.set(key, (payload, hashlib.sha256(payload.encode()).hexdigest()))
+    again = evaluate(rag, testset, [rouge_l], cache_dir=tmp_path, progress=False)
+    assert again.failed == 0 and again.recomputed_corrupt == 1 and again.rows == first.rows
 
 
 def test_corrupted_cache_entries_are_dropped_and_recomputed(rag, tmp_path):
