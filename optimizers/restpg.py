@@ -42,6 +42,7 @@ from dspy.teleprompt import Teleprompter
 from tqdm.auto import tqdm
 
 from restpg_dspy.engine import LocalEngine
+from restpg_dspy.evals.metrics import metric_identity
 from restpg_dspy.optimizers.run_dir import RunDir
 from restpg_dspy.optimizers.traces import (
     Trace,
@@ -310,7 +311,9 @@ class RESTPG(Teleprompter):
         run: RunDir,
         reasoning_names: set[str],
     ) -> dict[str, str]:
-        done = {row["id"]: row for row in run.read_jsonl("teacher_reasoning.jsonl")}
+        # A failure is retried by the next run, unless the SFT stage was already trained without that example.
+        final = run.read_json("sft/model.json") is not None
+        done = {row["id"]: row for row in run.read_jsonl("teacher_reasoning.jsonl") if final or "reasoning" in row}
         todo = [example for example in trainset if example.id not in done]
         adapter = adapter_of(template)
         hindsight = dspy.Predict(HindsightReasoning)
@@ -376,7 +379,11 @@ class RESTPG(Teleprompter):
 
     def _sample(self, program: dspy.Module, trainset: list[dspy.Example], round_number: int, run: RunDir) -> list[dict]:
         name = f"round_{round_number}/samples.jsonl"
-        done = {(row["id"], row["index"]): row for row in run.read_jsonl(name)}
+        # A failed sample is drawn again by the next run, unless this round's M-step was already trained without it.
+        final = run.read_json(f"round_{round_number}/model.json") is not None
+        done = {
+            (row["id"], row["index"]): row for row in run.read_jsonl(name) if final or row.get("reward") is not None
+        }
         template = without_lms(program)
         lms = predictor_lms(program)
         steps = {
@@ -566,7 +573,7 @@ class RESTPG(Teleprompter):
         settings = {k: v for k, v in vars(self).items() if k not in ("metric", "run_dir", "num_threads", "verbose")}
         return {
             **settings,
-            "metric": getattr(self.metric, "__qualname__", type(self.metric).__name__),
+            "metric": metric_identity(self.metric),
             "student": {
                 "program": type(student).__name__,
                 "describe": student.describe() if hasattr(student, "describe") else None,

@@ -20,9 +20,32 @@ import threading
 from pathlib import Path
 from typing import Any
 
+FORMAT = 2  # 2: the reward is recorded by its identity (``metric_identity``), not by its name alone
+
 
 class RunDirConflict(ValueError):
     """The run directory holds a run with a different configuration."""
+
+
+def _shown(value: Any, limit: int = 200) -> str:
+    text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _migrated(path: Path, stored: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """A configuration written before ``FORMAT`` 2 in today's form, or a refusal when it cannot be told apart.
+
+    Format 1 named the reward by its qualified name only: a plain function of that name is the same reward; an
+    object (a judge, a weighted mean) cannot be identified from its class name.
+    """
+    old, new = stored.get("metric"), config.get("metric")
+    if isinstance(old, str) and isinstance(new, str) and new.rsplit(".", 1)[-1] == old:
+        return {**stored, "metric": new, "format": FORMAT}
+    raise RunDirConflict(
+        f"run directory {path} was written by an older restpg-dspy that recorded the reward only as {old!r}, which "
+        f"does not tell whether it was this reward ({_shown(new)}); use a new run_dir, or delete this one to start "
+        "over"
+    )
 
 
 class RunDir:
@@ -30,10 +53,12 @@ class RunDir:
 
     Args:
         path: The folder (created if missing).
-        config: The JSON-serializable configuration of this run. An existing folder must hold the same one.
+        config: The JSON-serializable configuration of this run (``format`` is added). An existing folder must hold
+            the same one; one written by an older version is migrated where that is unambiguous.
 
     Raises:
-        RunDirConflict: the folder was created with a different configuration (the differing keys are listed).
+        RunDirConflict: the folder was created with a different configuration (each differing key is listed with the
+            stored and the requested value), or by an older version in a form that cannot be migrated.
     """
 
     def __init__(self, path: str | Path, config: dict[str, Any]):
@@ -41,14 +66,21 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         stored = self.read_json("config.json")
-        config = json.loads(json.dumps(config))  # the form it will have on disk
+        config = json.loads(json.dumps({**config, "format": FORMAT}))  # the form it will have on disk
+        if stored is not None and "format" not in stored:
+            stored = _migrated(self.path, stored, config)
+            if stored == config:
+                self.write_json("config.json", stored)
         if stored is None:
             self.write_json("config.json", config)
         elif stored != config:
             changed = sorted(k for k in set(stored) | set(config) if stored.get(k) != config.get(k))
+            details = "; ".join(
+                f"{k}: {_shown(stored.get(k))} in the run, {_shown(config.get(k))} now" for k in changed
+            )
             raise RunDirConflict(
-                f"run directory {self.path} holds a run with a different configuration (differs in: "
-                f"{', '.join(changed)}); use a new run_dir, or delete this one to start over"
+                f"run directory {self.path} holds a run with a different configuration ({details}); use a new "
+                "run_dir, or delete this one to start over"
             )
 
     def file(self, name: str) -> Path:

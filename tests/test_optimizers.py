@@ -7,7 +7,7 @@ import pytest
 from dspy.lm15 import Message, Response, ServerError, TextPart, Usage
 
 from restpg_dspy.data import synthetic
-from restpg_dspy.evals import rouge_l
+from restpg_dspy.evals import LLMJudge, rouge_1, rouge_l
 from restpg_dspy.optimizers import RESTPG, SFT, ReSTEM, RunDirConflict, SFTWithReasoning
 from restpg_dspy.programs import PersonalizedWriter, RAGWriter
 from restpg_dspy.retrieval import BM25
@@ -172,6 +172,49 @@ def test_a_different_configuration_in_the_same_run_dir_is_refused(writer, trains
         optimizer(tmp_path, rounds=0, samples_per_input=5).compile(writer, trainset=trainset)
 
 
+def test_a_resumed_compile_with_another_reward_is_refused_naming_both(writer, trainset, tmp_path):
+    optimizer(tmp_path, rounds=0).compile(writer, trainset=trainset)
+    with pytest.raises(RunDirConflict, match=r"metric: .*rouge_l.* in the run, .*rouge_1.* now"):
+        optimizer(tmp_path, rounds=0, metric=rouge_1).compile(writer, trainset=trainset)
+
+
+def test_a_run_written_before_metric_identities_is_migrated_or_refused(writer, trainset, tmp_path):
+    optimizer(tmp_path, rounds=0).compile(writer, trainset=trainset)
+    config = json.loads((tmp_path / "config.json").read_text())
+    legacy = {k: v for k, v in config.items() if k != "format"}
+    (tmp_path / "config.json").write_text(json.dumps({**legacy, "metric": "rouge_l"}))
+    optimizer(tmp_path, rounds=0).compile(writer, trainset=trainset)  # the same function: migrated
+    assert json.loads((tmp_path / "config.json").read_text()) == config
+    (tmp_path / "config.json").write_text(json.dumps({**legacy, "metric": "LLMJudge"}))
+    judge = LLMJudge(dspy.LM("openai/judge", cache=False))
+    with pytest.raises(RunDirConflict, match=r"older restpg-dspy .* only as 'LLMJudge'"):
+        optimizer(tmp_path, rounds=0, metric=judge).compile(writer, trainset=trainset)
+
+
+def test_failed_samples_are_drawn_again_by_the_next_run(writer, trainset, tmp_path):
+    calls = {"n": 0, "failing": trainset[0].id}
+
+    def metric(example, prediction, trace=None):
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise Interrupted()
+        if example.id == calls["failing"]:
+            raise ConnectionError("judge unreachable")
+        return rouge_l(example, prediction)
+
+    with pytest.raises(Interrupted):
+        optimizer(tmp_path, metric=metric, num_threads=1).compile(writer, trainset=trainset)
+    rows = [json.loads(line) for line in (tmp_path / "round_1/samples.jsonl").read_text().splitlines()]
+    failed = [r for r in rows if r["reward"] is None]
+    assert failed and all("ConnectionError: judge unreachable" in r["error"] for r in failed)
+    calls.update(n=-100, failing=None)
+    compiled = optimizer(tmp_path, metric=metric, num_threads=1).compile(writer, trainset=trainset)
+    assert calls["n"] + 100 == 3 * len(trainset) - (len(rows) - len(failed))
+    assert compiled.restpg_history[-1]["failed"] == 0
+    retried = [json.loads(line) for line in (tmp_path / "round_1/samples.jsonl").read_text().splitlines()]
+    assert {(r["id"], r["index"], r["seed"]) for r in failed} <= {(r["id"], r["index"], r["seed"]) for r in retried}
+
+
 def test_round_where_nothing_passes_keeps_the_previous_model(writer, trainset, tmp_path):
     compiled = optimizer(tmp_path, threshold=2.0).compile(writer, trainset=trainset)
     sft, round_1 = compiled.restpg_history
@@ -179,10 +222,14 @@ def test_round_where_nothing_passes_keeps_the_previous_model(writer, trainset, t
 
 
 class FlakyTeacher:
-    """A teacher engine that fails on dish requests and answers the others."""
+    """A teacher engine that fails on dish requests (while ``failing``) and answers the others."""
+
+    failing = True
+    calls = 0
 
     def complete(self, request):
-        if "Recommend a dish" in request.messages[-1].text:
+        self.calls += 1
+        if self.failing and "Recommend a dish" in request.messages[-1].text:
             raise ServerError("teacher unavailable")
         return Response(
             id=None,
@@ -205,6 +252,33 @@ def test_teacher_failures_are_retried_skipped_and_counted(writer, tmp_path):
     dishes = [e for e in trainset if e.request.startswith("Recommend a dish")]
     assert len(failed) == len(dishes) > 0 and all(r["attempts"] == 2 for r in failed)
     assert compiled.restpg_history[0]["rows"] == 2 * (len(trainset) - len(dishes))
+
+
+def test_teacher_failures_are_retried_by_the_next_run_until_sft_is_trained(writer, tmp_path):
+    trainset = synthetic("train", seed=0, users=8, requests_per_user=1, task="life_facts")
+    dishes = {e.id for e in trainset if e.request.startswith("Recommend a dish")}
+    engine = FlakyTeacher()
+    teacher = dspy.LM("flaky/teacher", engine=engine, num_retries=0, cache=False)
+
+    def notes(run_dir):
+        latest = {}
+        for line in (run_dir / "teacher_reasoning.jsonl").read_text().splitlines():
+            latest[json.loads(line)["id"]] = json.loads(line)
+        return {i for i, row in latest.items() if "reasoning" in row}
+
+    notes_only = optimizer(tmp_path / "notes", rounds=0, sft=False, teacher_retries=0)
+    notes_only.compile(writer, trainset=trainset, teacher=teacher)
+    assert notes(tmp_path / "notes") == {e.id for e in trainset} - dishes
+    engine.failing = False
+    notes_only.compile(writer, trainset=trainset, teacher=teacher)
+    assert notes(tmp_path / "notes") == {e.id for e in trainset}
+
+    engine.failing = True
+    trained = optimizer(tmp_path / "trained", rounds=0, teacher_retries=0)
+    first = trained.compile(writer, trainset=trainset, teacher=teacher).restpg_history
+    engine.failing, calls = False, engine.calls
+    assert trained.compile(writer, trainset=trainset, teacher=teacher).restpg_history == first
+    assert engine.calls == calls  # SFT was trained without the failed examples: they are not asked again
 
 
 def test_step_budgets_reach_the_samples_and_each_step_reports_its_truncation(writer, trainset, tmp_path):
