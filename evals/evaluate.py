@@ -33,6 +33,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from restpg_dspy.backends import lm_identity
+from restpg_dspy.errors import UsageError
 from restpg_dspy.evals.metrics import metric_key, metric_name
 
 Metric = Callable[..., float]
@@ -204,7 +205,7 @@ def evaluate(
     names = [metric_name(m) for m in metrics]
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:
-        raise ValueError(f"several metrics report under the name(s) {duplicated}: give each a distinct name")
+        raise UsageError(f"several metrics report under the name(s) {duplicated}: give each a distinct name")
     keys = [metric_key(m) for m in metrics]
     counts = {"predictions": 0, "scores": 0}
     counts_lock = threading.Lock()

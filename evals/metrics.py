@@ -20,6 +20,8 @@ import re
 import threading
 from typing import Any
 
+from restpg_dspy.errors import UsageError
+
 
 def metric_name(metric: Any) -> str:
     """The name a metric's values are reported under (its ``__name__``)."""
@@ -164,7 +166,7 @@ class WeightedMean:
 
     def __init__(self, weights: dict[Any, float]):
         if not weights or any(w <= 0 for w in weights.values()):
-            raise ValueError("a weighted mean needs at least one metric, each with a positive weight")
+            raise UsageError("a weighted mean needs at least one metric, each with a positive weight")
         self.weights = dict(weights)
         names = [metric_name(m) for m in self.weights]
         equal = len(set(self.weights.values())) == 1

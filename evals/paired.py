@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from restpg_dspy.errors import UsageError
 from restpg_dspy.evals.evaluate import EvaluationResult
 
 
@@ -71,7 +72,7 @@ def paired_bootstrap(
             continue
         groups[str(a[key].get(by, key))].append(left - right)
     if not groups:
-        raise ValueError(f"no example has a {metric!r} score in both results: nothing to compare")
+        raise UsageError(f"no example has a {metric!r} score in both results: nothing to compare")
     names = sorted(groups)
     sums = np.array([sum(groups[n]) for n in names])
     counts = np.array([len(groups[n]) for n in names])

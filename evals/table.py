@@ -38,6 +38,8 @@ from typing import Any
 
 import dspy
 
+from restpg_dspy.errors import UsageError
+
 logger = logging.getLogger(__name__)
 
 METHODS = ("no-personalization", "rag", "personalized", "sft", "sft-reasoning", "rest-em", "rest-pg")
@@ -101,13 +103,13 @@ class TableConfig:
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
-            raise ValueError(f"unknown methods {unknown}; choose from {list(METHODS)}")
+            raise UsageError(f"unknown methods {unknown}; choose from {list(METHODS)}")
         if self.retriever not in ("bm25", "dense", "recency"):
-            raise ValueError(f"unknown retriever {self.retriever!r}; choose bm25, dense or recency")
+            raise UsageError(f"unknown retriever {self.retriever!r}; choose bm25, dense or recency")
         from restpg_dspy.data import TASKS
 
         if self.synthetic_task not in TASKS:
-            raise ValueError(f"unknown synthetic_task {self.synthetic_task!r}; choose one of {sorted(TASKS)}")
+            raise UsageError(f"unknown synthetic_task {self.synthetic_task!r}; choose one of {sorted(TASKS)}")
         from restpg_dspy.programs.writers import check_token_budget
 
         for name in ("max_tokens", "reasoning_max_tokens", "response_max_tokens"):
@@ -122,7 +124,7 @@ class TableConfig:
         """
         path = Path(path)
         if not path.exists():
-            raise ValueError(f"config file {path} does not exist")
+            raise UsageError(f"config file {path} does not exist")
         if path.suffix == ".toml":
             import tomllib
 
@@ -132,11 +134,11 @@ class TableConfig:
 
             data = yaml.safe_load(path.read_text()) or {}
         if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping of settings")
+            raise UsageError(f"{path}: expected a mapping of settings")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"{path}: unknown settings {unknown}; known: {sorted(known)}")
+            raise UsageError(f"{path}: unknown settings {unknown}; known: {sorted(known)}")
         data.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**data)
 
@@ -153,7 +155,7 @@ def load_task(spec: str, config: TableConfig) -> tuple[list[dspy.Example], list[
         )
     kind, _, rest = spec.partition(":")
     if kind != "longlamp" or not rest:
-        raise ValueError(f"unknown task {spec!r}; use 'synthetic', 'longlamp:<task>' or 'longlamp:<task>:<path>'")
+        raise UsageError(f"unknown task {spec!r}; use 'synthetic', 'longlamp:<task>' or 'longlamp:<task>:<path>'")
     task, _, path = rest.partition(":")
     if not path:
         return (
@@ -161,7 +163,7 @@ def load_task(spec: str, config: TableConfig) -> tuple[list[dspy.Example], list[
             load_longlamp(task, "test", limit=config.test_limit, seed=config.seed),
         )
     if "{split}" not in path:
-        raise ValueError(f"task {spec!r}: the local path needs a {{split}} placeholder for its train and test files")
+        raise UsageError(f"task {spec!r}: the local path needs a {{split}} placeholder for its train and test files")
     return (
         load_longlamp(task, "train", path=path.format(split="train"), limit=config.train_limit, seed=config.seed),
         load_longlamp(task, "test", path=path.format(split="test"), limit=config.test_limit, seed=config.seed),
@@ -194,19 +196,19 @@ def resolve_metrics(names: list[str], judge: Any = None) -> list[Any]:
                 try:
                     weights[resolve_metrics([metric.strip()], judge)[0]] = float(weight) if weight else 1.0
                 except ValueError as err:
-                    raise ValueError(f"metric {name!r}: {err}") from None
+                    raise UsageError(f"metric {name!r}: {err}") from None
             metrics.append(WeightedMean(weights))
         elif name == "meteor" and load_wordnet() is None:
             logger.warning("WordNet is not installed: reporting meteor_without_synonyms instead of METEOR")
             metrics.append(meteor_without_synonyms)
         elif name == "llm_judge":
             if judge is None:
-                raise ValueError("the llm_judge metric needs a judge model (judge: <backend string>)")
+                raise UsageError("the llm_judge metric needs a judge model (judge: <backend string>)")
             metrics.append(LLMJudge(judge))
         elif name in available:
             metrics.append(available[name])
         else:
-            raise ValueError(f"unknown metric {name!r}; choose from {[*available, 'llm_judge']}")
+            raise UsageError(f"unknown metric {name!r}; choose from {[*available, 'llm_judge']}")
     return metrics
 
 

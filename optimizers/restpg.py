@@ -42,6 +42,7 @@ from dspy.teleprompt import Teleprompter
 from tqdm.auto import tqdm
 
 from restpg_dspy.engine import LocalEngine
+from restpg_dspy.errors import UsageError
 from restpg_dspy.evals.metrics import metric_identity
 from restpg_dspy.optimizers.run_dir import RunDir
 from restpg_dspy.optimizers.traces import (
@@ -148,14 +149,14 @@ class RESTPG(Teleprompter):
 
             metric = rouge_l
         if rounds < 0 or samples_per_input < 1 or max_per_input < 1:
-            raise ValueError("rounds must be >= 0, samples_per_input and max_per_input >= 1")
+            raise UsageError("rounds must be >= 0, samples_per_input and max_per_input >= 1")
         if top_fraction is not None and not 0 < top_fraction <= 1:
-            raise ValueError("top_fraction must be in (0, 1]")
+            raise UsageError("top_fraction must be in (0, 1]")
         check_token_budget("reasoning_max_tokens", reasoning_max_tokens)
         check_token_budget("response_max_tokens", response_max_tokens)
         check_token_budget("reasoning_length_target", reasoning_length_target)
         if reasoning_length_penalty < 0 or (reasoning_length_penalty > 0 and reasoning_length_target is None):
-            raise ValueError("reasoning_length_penalty must be >= 0 and needs a reasoning_length_target")
+            raise UsageError("reasoning_length_penalty must be >= 0 and needs a reasoning_length_target")
         self.metric = metric
         self.rounds = rounds
         self.samples_per_input = samples_per_input
@@ -203,23 +204,23 @@ class RESTPG(Teleprompter):
             A copy of ``student`` on the chosen LM, with ``restpg_history`` (per-stage summaries) attached.
         """
         if not trainset:
-            raise ValueError("trainset is empty: REST-PG needs training examples")
+            raise UsageError("trainset is empty: REST-PG needs training examples")
         for index, example in enumerate(trainset):
             if not isinstance(example.get(self.target_field), str):
-                raise ValueError(
+                raise UsageError(
                     f"training example {index} ({example.get('id', 'no id')}) has no '{self.target_field}'"
                 )
         lms = predictor_lms(student)
         base = _single_lm(lms)
         if not getattr(getattr(base, "provider", None), "finetunable", False):
-            raise ValueError(
+            raise UsageError(
                 f"the student's LM {base.model!r} cannot be fine-tuned (its provider is not finetunable); use "
                 "restpg_dspy.lm('local') or an LM with a fine-tuning provider"
             )
         template = without_lms(student)
         if self.reasoning_max_tokens is not None or self.response_max_tokens is not None:
             if not hasattr(template, "set_budgets"):
-                raise ValueError(
+                raise UsageError(
                     f"{type(student).__name__} has no token budgets to set (PersonalizedProgram has them); leave "
                     "reasoning_max_tokens and response_max_tokens unset"
                 )
@@ -230,12 +231,12 @@ class RESTPG(Teleprompter):
         names = dict(template.named_predictors())
         reasoning_names = {n for n, p in names.items() if output_field(p) == self.reasoning_field}
         if self.teacher_reasoning and not reasoning_names:
-            raise ValueError(
+            raise UsageError(
                 f"teacher_reasoning=True needs a predictor with output '{self.reasoning_field}' "
                 "(e.g. PersonalizedWriter); use SFT or ReSTEM for programs without one"
             )
         if not self.teacher_reasoning and self.sft and reasoning_names:
-            raise ValueError(
+            raise UsageError(
                 f"SFT without teacher reasoning cannot supervise the reasoning predictor(s) "
                 f"{sorted(reasoning_names)}; use a program without one (e.g. RAGWriter) or enable teacher_reasoning"
             )
@@ -617,7 +618,7 @@ class ReSTEM(RESTPG):
 def _single_lm(lms: dict[str, dspy.LM]) -> dspy.LM:
     distinct = {lm.model for lm in lms.values()}
     if len(distinct) > 1:
-        raise ValueError(f"REST-PG trains one student LM shared by all predictors; these use several: {lms}")
+        raise UsageError(f"REST-PG trains one student LM shared by all predictors; these use several: {lms}")
     return next(iter(lms.values()))
 
 

@@ -20,10 +20,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from restpg_dspy.errors import UsageError
+
 FORMAT = 2  # 2: the reward is recorded by its identity (``metric_identity``), not by its name alone
 
 
-class RunDirConflict(ValueError):
+class RunDirConflict(UsageError):
     """The run directory holds a run with a different configuration."""
 
 

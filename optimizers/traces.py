@@ -12,6 +12,8 @@ from typing import Any
 
 import dspy
 
+from restpg_dspy.errors import UsageError
+
 Trace = list[dict[str, Any]]
 
 
@@ -24,7 +26,7 @@ def predictor_lms(program: dspy.Module) -> dict[str, dspy.LM]:
     lms = {name: predictor.lm or dspy.settings.lm for name, predictor in program.named_predictors()}
     missing = [name for name, lm in lms.items() if lm is None]
     if missing:
-        raise ValueError(f"predictors {missing} have no LM: set predictor.lm or dspy.configure(lm=...)")
+        raise UsageError(f"predictors {missing} have no LM: set predictor.lm or dspy.configure(lm=...)")
     return lms
 
 
@@ -52,7 +54,7 @@ def with_lms(template: dspy.Module, lm_for: Callable[[str], dspy.LM]) -> dspy.Mo
 def output_field(predictor: dspy.Predict) -> str:
     names = list(predictor.signature.output_fields)
     if len(names) != 1:
-        raise ValueError(f"predictor with outputs {names}: REST-PG trains predictors with exactly one output field")
+        raise UsageError(f"predictor with outputs {names}: REST-PG trains predictors with exactly one output field")
     return names[0]
 
 

@@ -20,6 +20,8 @@ from typing import Any
 
 import dspy
 
+from restpg_dspy.errors import UsageError
+
 try:  # the marker DSPy 3.4's own adapters use for their message-list call; absent in later releases
     from dspy.clients._deprecation import adapter_message_call
 except ImportError:  # pragma: no cover
@@ -39,7 +41,7 @@ class CompletionAdapter(dspy.Adapter):
     def output_name(signature: type[dspy.Signature]) -> str:
         names = list(signature.output_fields)
         if len(names) != 1:
-            raise ValueError(
+            raise UsageError(
                 f"CompletionAdapter needs exactly one output field, {signature.__name__} has {names}; "
                 "split the predictor or use dspy.ChatAdapter"
             )

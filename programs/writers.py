@@ -18,6 +18,7 @@ from typing import Any
 import dspy
 
 from restpg_dspy.engine import LocalEngine
+from restpg_dspy.errors import UsageError
 from restpg_dspy.programs.adapter import CompletionAdapter
 from restpg_dspy.programs.profile import ProfileFormatter
 from restpg_dspy.programs.signatures import PersonalizedResponse, PersonalReasoning, PlainResponse, ProfileResponse
@@ -36,7 +37,7 @@ def check_token_budget(name: str, value: int | None) -> None:
         ValueError: ``value`` is not ``None`` and not a positive ``int``.
     """
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-        raise ValueError(f"{name} must be a positive number of tokens, not {value!r}")
+        raise UsageError(f"{name} must be a positive number of tokens, not {value!r}")
 
 
 class PersonalizedProgram(dspy.Module):

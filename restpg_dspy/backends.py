@@ -18,6 +18,7 @@ from typing import Any
 import dspy
 
 from restpg_dspy.engine import LocalEngine
+from restpg_dspy.errors import UsageError
 from restpg_dspy.finetune import PEFTProvider
 
 LOCAL_PREFIX = "local:"
@@ -76,10 +77,10 @@ def lm(
         try:
             return oracle_teacher(noise=float(noise) if noise else 0.0)
         except ValueError as err:
-            raise ValueError(f"backend {spec!r}: 'oracle:<noise>' takes a fraction in [0, 1] ({err})") from None
+            raise UsageError(f"backend {spec!r}: 'oracle:<noise>' takes a fraction in [0, 1] ({err})") from None
     if spec != "local" and not spec.startswith(LOCAL_PREFIX):
         if adapter is not None:
-            raise ValueError(f"adapter= needs a local backend ('local' or 'local:<path>'), not {spec!r}")
+            raise UsageError(f"adapter= needs a local backend ('local' or 'local:<path>'), not {spec!r}")
         return dspy.LM(spec, temperature=temperature, max_tokens=max_tokens, **kwargs)
     model = spec.removeprefix(LOCAL_PREFIX) or "local"
     settings = {key: kwargs.pop(key) for key in _ENGINE_SETTINGS if key in kwargs}

@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from restpg_dspy.errors import UsageError
+
 DEMO_CONFIG: dict[str, Any] = {
     "run_dir": "runs/demo",
     "teacher": "oracle",
@@ -50,10 +52,6 @@ class TruncationCounter(logging.Filter):
         return True
 
 
-class UserError(Exception):
-    """A mistake in the command line or its inputs: reported in one line, without a traceback."""
-
-
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML or TOML file with the same keys as the options (options win)")
     parser.add_argument("--student", help="backend of the trained model: local, local:<path or hf id> (default local)")
@@ -81,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="restpg",
         description="Personalized DSPy programs trained with REST-PG (reasoning-enhanced self-training).",
     )
+    parser.add_argument("--debug", action="store_true", help="show the traceback of input errors too")
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser(
@@ -183,7 +182,7 @@ def run_compile(args: argparse.Namespace) -> None:
 
     config = _config(args)
     if args.method not in ("sft", "sft-reasoning", "rest-em", "rest-pg"):
-        raise UserError(f"--method must be sft, sft-reasoning, rest-em or rest-pg, not {args.method!r}")
+        raise UsageError(f"--method must be sft, sft-reasoning, rest-em or rest-pg, not {args.method!r}")
     overrides = {"rounds": args.rounds, "samples_per_input": args.samples}
     student, teacher, judge = config_lms(config)
     trainset, _ = load_task(config.tasks[0], config)
@@ -215,13 +214,13 @@ def run_evaluate(args: argparse.Namespace) -> None:
     if args.program:
         path = Path(args.program)
         if not path.exists():
-            raise UserError(f"--program {path} does not exist")
+            raise UsageError(f"--program {path} does not exist")
         kind = json.loads((path.parent / "program_kind.json").read_text())["method"]
         program, _ = build_method(kind, config, student)
         program.load(str(path), allow_unsafe_lm_state=True)
     else:
         if args.method not in ("no-personalization", "rag", "personalized"):
-            raise UserError("without --program, --method must be no-personalization, rag or personalized")
+            raise UsageError("without --program, --method must be no-personalization, rag or personalized")
         program, _ = build_method(args.method, config, student)
     result = evaluate(
         program,
@@ -260,17 +259,13 @@ def run_report(run_dir: str) -> None:
             report_compile_run(history.parent)
             print(f"wrote {history.parent / 'report.md'}")
     else:
-        raise UserError(f"{path} holds neither a compile run (history.json) nor a table run (results.json)")
+        raise UsageError(f"{path} holds neither a compile run (history.json) nor a table run (results.json)")
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
-    from restpg_dspy.models import ModelLoadError
-    from restpg_dspy.optimizers import RunDirConflict
-    from restpg_dspy.training_data import TrainingDataError
-
     truncations = TruncationCounter()
     logging.getLogger("dspy.clients.lm").addFilter(truncations)
     try:
@@ -289,7 +284,9 @@ def main(argv: list[str] | None = None) -> int:
             run_evaluate(args)
         else:
             run_report(args.run_dir)
-    except (UserError, ModelLoadError, RunDirConflict, TrainingDataError, ValueError, FileNotFoundError) as err:
+    except (UsageError, FileNotFoundError) as err:  # a mistake in the inputs: one line; anything else: a traceback
+        if args.debug:
+            raise
         print(f"restpg: error: {err}", file=sys.stderr)
         return 2
     finally:

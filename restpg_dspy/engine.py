@@ -38,6 +38,7 @@ from dspy.lm15 import (
     response_to_events,
 )
 
+from restpg_dspy.errors import UsageError
 from restpg_dspy.generation import Completion, SamplingParams, generate
 from restpg_dspy.models import LoadedModel, home, load_model
 
@@ -136,7 +137,7 @@ class LocalEngine:
         default_max_tokens: int = 512,
     ):
         if max_batch_size < 1:
-            raise ValueError("max_batch_size must be at least 1")
+            raise UsageError("max_batch_size must be at least 1")
         self.spec, self.dtype, self.device = model, dtype, device
         self.max_batch_size = max_batch_size
         self.batch_window_ms = batch_window_ms
@@ -291,7 +292,12 @@ class LocalEngine:
             for job in batch:
                 groups.setdefault(job.model_id, []).append(job)
             for model_id, jobs in groups.items():
-                self._run(model_id, jobs)
+                try:
+                    self._run(model_id, jobs)
+                except Exception as err:  # the worker lives on; this batch's callers get the error
+                    for job in jobs:
+                        if not job.future.done():
+                            job.future.set_exception(err)
 
     def _run(self, model_id: str, jobs: list[_Job]) -> None:
         tokenizer, context = self.loaded.tokenizer, self.loaded.context_length

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from dspy.clients.provider import Provider, TrainingJob
 
 from restpg_dspy.engine import adapter_hash, default_adapter_root
+from restpg_dspy.errors import UsageError
 from restpg_dspy.models import accepts_logits_to_keep, load_causal_lm, resolve_dtype
 from restpg_dspy.training_data import tokenize_rows, validate_rows
 
@@ -105,10 +106,10 @@ class LoRATrainingConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(train_kwargs) - known)
         if unknown:
-            raise ValueError(f"unknown train_kwargs {unknown}; known keys: {sorted(known)}")
+            raise UsageError(f"unknown train_kwargs {unknown}; known keys: {sorted(known)}")
         config = cls(**train_kwargs)
         if config.max_length < 2 or config.r < 1 or config.per_device_train_batch_size < 1:
-            raise ValueError("max_length must be >= 2, r >= 1 and per_device_train_batch_size >= 1")
+            raise UsageError("max_length must be >= 2, r >= 1 and per_device_train_batch_size >= 1")
         return config
 
 
@@ -160,11 +161,11 @@ class PEFTProvider(Provider):
     ) -> str:
         """Train a LoRA adapter on ``train_data`` and return the model id that serves it."""
         if str(getattr(train_data_format, "value", train_data_format)) != "chat":
-            raise ValueError(f"PEFTProvider trains on 'chat' rows, not {train_data_format!r}")
+            raise UsageError(f"PEFTProvider trains on 'chat' rows, not {train_data_format!r}")
         config = LoRATrainingConfig.from_kwargs(train_kwargs)
         start = self.engine.adapter_path(model) if config.start_from == "adapter" else None
         if config.start_from == "adapter" and start is None:
-            raise ValueError(f"start_from='adapter' needs an LM that serves an adapter; {model!r} is the base model")
+            raise UsageError(f"start_from='adapter' needs an LM that serves an adapter; {model!r} is the base model")
         if config.start_from not in ("base", "adapter"):
             start = Path(config.start_from)
             adapter_hash(start)  # fails early, naming the missing file

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from restpg_dspy.errors import UsageError
+
 HOME_ENV = "RESTPG_DSPY_HOME"
 EMBEDDED = "local"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
@@ -33,7 +35,7 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
 _SAMPLE_BYTES = 1 << 20
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(UsageError):
     """A model spec that does not lead to a loadable causal language model."""
 
 
@@ -148,7 +150,7 @@ def resolve_dtype(dtype: str, device: str) -> Any:
     except AttributeError:
         value = None
     if not isinstance(value, torch.dtype):
-        raise ValueError(f"unknown dtype {dtype!r}; use 'auto', 'float32', 'bfloat16' or 'float16'")
+        raise UsageError(f"unknown dtype {dtype!r}; use 'auto', 'float32', 'bfloat16' or 'float16'")
     return value
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from restpg_dspy.errors import UsageError
 from restpg_dspy.tasks import TaskFormat, detect_task
 
 Profile = list[dict[str, Any]]
@@ -37,7 +38,7 @@ class Retriever:
 
     def __init__(self, k: int = 5, cache_size: int = 4096):
         if k < 0:
-            raise ValueError(f"k must be >= 0, got {k}")
+            raise UsageError(f"k must be >= 0, got {k}")
         self.k = k
         self.cache_size = cache_size
         self.index_builds = 0

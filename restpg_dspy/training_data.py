@@ -11,8 +11,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from restpg_dspy.errors import UsageError
 
-class TrainingDataError(ValueError):
+
+class TrainingDataError(UsageError):
     """A training row that cannot be used; the message names the row index and what is wrong."""
 
 

@@ -69,3 +69,19 @@ def test_truncation_warnings_are_counted_not_printed(tiny_model_dir, caplog):
         logger.removeFilter(counter)
     assert counter.count == 1
     assert [r.getMessage() for r in caplog.records if r.name == "dspy.clients.lm"] == ["another warning"]
+
+
+def test_faults_that_are_not_input_mistakes_keep_their_traceback(tmp_path, monkeypatch):
+    import restpg_dspy.cli
+
+    def broken(run_dir):
+        raise ValueError("an internal invariant broke")  # a bug, not a UsageError: never one line
+
+    monkeypatch.setattr(restpg_dspy.cli, "run_report", broken)
+    with pytest.raises(ValueError, match="internal invariant"):
+        main(["report", str(tmp_path)])
+    monkeypatch.undo()
+    from restpg_dspy.errors import UsageError
+
+    with pytest.raises(UsageError, match="neither a compile run"):
+        main(["--debug", "report", str(tmp_path)])

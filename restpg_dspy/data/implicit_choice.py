@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass
 import dspy
 
 from restpg_dspy.data.personas import Style, sentence, split_names
+from restpg_dspy.errors import UsageError
 
 SPLIT_USERS = {"train": 48, "val": 16, "test": 80}
 SEEN_WORDINGS = 2  # the first two wordings of each fact appear in every split; the rest only in the test split
@@ -195,7 +196,7 @@ def implicit_choice(
         ``options``, ``answer``, ``aspect``, ``fact``, ``wording``, ``family`` and ``traits``.
     """
     if not 1 <= requests_per_user <= len(FAMILIES):
-        raise ValueError(f"requests_per_user must be between 1 and {len(FAMILIES)}, not {requests_per_user}")
+        raise UsageError(f"requests_per_user must be between 1 and {len(FAMILIES)}, not {requests_per_user}")
     examples = []
     for user in _users(seed, split, SPLIT_USERS[split] if users is None else users):
         rng = random.Random(f"restpg-implicit-choice-examples:{seed}:{user.user_id}")
@@ -245,7 +246,7 @@ def policy_response(example: dspy.Example, policy: str) -> dspy.Prediction:
     from restpg_dspy.evals.choice import content_words
 
     if policy not in POLICIES:
-        raise ValueError(f"unknown policy {policy!r}; choose one of {list(POLICIES)}")
+        raise UsageError(f"unknown policy {policy!r}; choose one of {list(POLICIES)}")
     if policy == "oracle":
         return dspy.Prediction(response=example.output)
     opening = FAMILIES[example.family]["opening"]

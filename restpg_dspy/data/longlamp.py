@@ -15,6 +15,8 @@ from typing import Any
 
 import dspy
 
+from restpg_dspy.errors import UsageError
+
 HUB_DATASET = "LongLaMP/LongLaMP"
 TASKS = ("abstract_generation", "product_review", "topic_writing", "email")
 SETTINGS = ("user", "temporal")
@@ -32,7 +34,7 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
     """
     path = Path(path)
     if not path.exists():
-        raise ValueError(f"data file {path} does not exist")
+        raise UsageError(f"data file {path} does not exist")
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".jsonl":
         records = []
@@ -41,28 +43,28 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
                 try:
                     records.append(json.loads(line))
                 except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}, line {number}: not valid JSON ({err.msg})") from err
+                    raise UsageError(f"{path}, line {number}: not valid JSON ({err.msg})") from err
         return records
     try:
         document = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from err
+        raise UsageError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from err
     if isinstance(document, dict):
         document = document.get("data", document.get("golds"))
     if not isinstance(document, list):
-        raise ValueError(f"{path}: expected a list of records (or an object with a 'data' or 'golds' list)")
+        raise UsageError(f"{path}: expected a list of records (or an object with a 'data' or 'golds' list)")
     return document
 
 
 def _hub_records(task: str, setting: str, split: str) -> list[dict[str, Any]]:
     if task == "email":
-        raise ValueError("the email task (Avocado corpus) is not on the hub: build it locally and pass path=")
+        raise UsageError("the email task (Avocado corpus) is not on the hub: build it locally and pass path=")
     from datasets import load_dataset
 
     try:
         return list(load_dataset(HUB_DATASET, f"{task}_{setting}", split=split))
     except Exception as err:
-        raise ValueError(
+        raise UsageError(
             f"could not load {HUB_DATASET} {task}_{setting}/{split} from the Hugging Face hub or its cache "
             f"({type(err).__name__}); download it where the hub is reachable or pass path= to local files"
         ) from err
@@ -81,17 +83,17 @@ def records_to_examples(records: list[dict[str, Any]], source: str) -> list[dspy
     examples = []
     for index, record in enumerate(records):
         if not isinstance(record, dict):
-            raise ValueError(f"{source}, record {index}: expected a JSON object, got {type(record).__name__}")
+            raise UsageError(f"{source}, record {index}: expected a JSON object, got {type(record).__name__}")
         name = f"record {record.get('id', index)!r}" if "id" in record else f"record {index}"
         for field in ("input", "output"):
             if not isinstance(record.get(field), str) or not record[field].strip():
-                raise ValueError(f"{source}, {name}: field '{field}' must be a non-empty string")
+                raise UsageError(f"{source}, {name}: field '{field}' must be a non-empty string")
         profile = record.get("profile")
         if not isinstance(profile, list):
-            raise ValueError(f"{source}, {name}: field 'profile' must be a list of items, got {type(profile).__name__}")
+            raise UsageError(f"{source}, {name}: field 'profile' must be a list of items, got {type(profile).__name__}")
         for position, item in enumerate(profile):
             if not isinstance(item, dict):
-                raise ValueError(
+                raise UsageError(
                     f"{source}, {name}: profile item {position} must be an object, got {type(item).__name__}"
                 )
         example_id = str(record.get("id", f"{source}:{index}"))
@@ -114,7 +116,7 @@ def _attach_outputs(records: list[dict[str, Any]], outputs_path: str | Path) -> 
     outputs = {str(row["id"]): row["output"] for row in read_records(outputs_path)}
     missing = [str(r.get("id")) for r in records if "output" not in r and str(r.get("id")) not in outputs]
     if missing:
-        raise ValueError(f"{outputs_path}: no output for record ids {missing[:5]}{' …' if len(missing) > 5 else ''}")
+        raise UsageError(f"{outputs_path}: no output for record ids {missing[:5]}{' …' if len(missing) > 5 else ''}")
     return [r if "output" in r else {**r, "output": outputs[str(r["id"])]} for r in records]
 
 
@@ -143,11 +145,11 @@ def load_longlamp(
         Examples with inputs ``request`` and ``profile``, and fields ``output``, ``id``, ``user_id`` and any extras.
     """
     if task not in TASKS:
-        raise ValueError(f"unknown LongLaMP task {task!r}; choose one of {list(TASKS)}")
+        raise UsageError(f"unknown LongLaMP task {task!r}; choose one of {list(TASKS)}")
     if setting not in SETTINGS:
-        raise ValueError(f"unknown setting {setting!r}; choose 'user' or 'temporal'")
+        raise UsageError(f"unknown setting {setting!r}; choose 'user' or 'temporal'")
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose one of {list(SPLITS)}")
+        raise UsageError(f"unknown split {split!r}; choose one of {list(SPLITS)}")
     records = read_records(path) if path is not None else _hub_records(task, setting, split)
     if outputs_path is not None:
         records = _attach_outputs(records, outputs_path)

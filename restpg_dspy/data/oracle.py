@@ -41,6 +41,7 @@ import dspy
 from dspy.lm15 import Message, Response, TextPart, Usage
 
 from restpg_dspy.data.implicit_choice import FACTS, FAMILIES
+from restpg_dspy.errors import UsageError
 
 IMPLICATIONS = {
     "vegetarian": "this user does not eat meat",
@@ -52,7 +53,7 @@ _POST_MARKER = re.compile(r"\[(\d+)\]")
 NOTES_VERSION = 1
 
 
-class OracleError(ValueError):
+class OracleError(UsageError):
     """The oracle was asked about a prompt it cannot explain from the generator's traits."""
 
 
@@ -67,7 +68,7 @@ class OracleEngine:
 
     def __init__(self, noise: float = 0.0, seed: int = 0):
         if not 0.0 <= noise <= 1.0:
-            raise ValueError(f"noise must be a fraction in [0, 1], not {noise}")
+            raise UsageError(f"noise must be a fraction in [0, 1], not {noise}")
         self.noise = noise
         self.seed = seed
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from restpg_dspy.errors import UsageError
+
 FIRST_NAMES = [
     "Sam",
     "Ada",
@@ -103,10 +105,10 @@ def split_names(seed: int, split: str, count: int) -> list[tuple[int, str]]:
         ValueError: an unknown split, or more users than the split has room for.
     """
     if split not in NAME_SLICES:
-        raise ValueError(f"unknown split {split!r}; choose one of {list(NAME_SLICES)}")
+        raise UsageError(f"unknown split {split!r}; choose one of {list(NAME_SLICES)}")
     start, stop = NAME_SLICES[split]
     if count > stop - start:
-        raise ValueError(f"the {split} split has room for {stop - start} synthetic users, {count} were asked for")
+        raise UsageError(f"the {split} split has room for {stop - start} synthetic users, {count} were asked for")
     names = [f"{first} {last}" for first in FIRST_NAMES for last in LAST_NAMES]
     random.Random(f"restpg-synthetic-names:{seed}").shuffle(names)
     return [(index, names[index]) for index in range(start, start + count)]

@@ -26,6 +26,7 @@ import dspy
 from restpg_dspy.data.implicit_choice import implicit_choice
 from restpg_dspy.data.life_facts import life_facts
 from restpg_dspy.data.personas import NAME_SLICES
+from restpg_dspy.errors import UsageError
 
 TASKS = {"implicit_choice": implicit_choice, "life_facts": life_facts}
 
@@ -45,7 +46,7 @@ def synthetic(
         ValueError: an unknown task or split (the message lists the known ones).
     """
     if task not in TASKS:
-        raise ValueError(f"unknown synthetic task {task!r}; choose one of {sorted(TASKS)}")
+        raise UsageError(f"unknown synthetic task {task!r}; choose one of {sorted(TASKS)}")
     if split not in NAME_SLICES:
-        raise ValueError(f"unknown split {split!r}; choose one of {list(NAME_SLICES)}")
+        raise UsageError(f"unknown split {split!r}; choose one of {list(NAME_SLICES)}")
     return TASKS[task](split, seed, **options)
