@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import math
 import threading
@@ -35,6 +36,7 @@ from tqdm.auto import tqdm
 from restpg_dspy.backends import lm_identity
 from restpg_dspy.errors import UsageError
 from restpg_dspy.evals.metrics import metric_key, metric_name
+from restpg_dspy.files import write_atomic
 
 Metric = Callable[..., float]
 
@@ -123,15 +125,16 @@ class EvaluationResult:
         return sum(1 for r in self.rows if r.get("errors"))
 
     def to_jsonl(self, path: str | Path) -> None:
-        Path(path).write_text("".join(json.dumps(row, default=str) + "\n" for row in self.rows))
+        write_atomic(path, "".join(json.dumps(row, default=str) + "\n" for row in self.rows))
 
     def to_csv(self, path: str | Path) -> None:
         columns = ["id", "user_id", *self.metrics, "response", "errors"]
-        with Path(path).open("w", newline="") as out:
-            writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")
-            writer.writeheader()
-            for row in self.rows:
-                writer.writerow({**row, "errors": json.dumps(row.get("errors", {}))})
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for row in self.rows:
+            writer.writerow({**row, "errors": json.dumps(row.get("errors", {}))})
+        write_atomic(path, text.getvalue())
 
 
 def error_kind(error: str) -> str:

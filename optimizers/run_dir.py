@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
 
 from restpg_dspy.errors import UsageError
+from restpg_dspy.files import write_atomic
 
 FORMAT = 2  # 2: the reward is recorded by its identity (``metric_identity``), not by its name alone
 
@@ -115,12 +115,7 @@ class RunDir:
         self._write_atomic(name, "".join(json.dumps(row, default=str) + "\n" for row in rows))
 
     def _write_atomic(self, name: str, text: str) -> None:
-        """A reader sees the old file or the new one, never half of it."""
-        target = self.file(name)
-        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-        with os.fdopen(handle, "w") as out:
-            out.write(text)
-        os.replace(temporary, target)
+        write_atomic(self.file(name), text)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

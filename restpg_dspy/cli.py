@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from restpg_dspy.errors import UsageError
+from restpg_dspy.files import write_atomic
 
 DEMO_CONFIG: dict[str, Any] = {
     "run_dir": "runs/demo",
@@ -198,8 +199,11 @@ def run_compile(args: argparse.Namespace) -> None:
         run_dir=run_dir,
         **{k: v for k, v in overrides.items() if v is not None},
     )
-    compiled.save(str(run_dir / "program.json"))
-    (run_dir / "program_kind.json").write_text(json.dumps({"method": args.method, "config": vars(args)}, default=str))
+    # Saved beside and renamed: a crash while saving never leaves a half-written program.json.
+    staged = run_dir / ".program.partial.json"
+    compiled.save(str(staged))
+    write_atomic(run_dir / "program_kind.json", json.dumps({"method": args.method, "config": vars(args)}, default=str))
+    os.replace(staged, run_dir / "program.json")
     print(f"compiled program saved to {run_dir / 'program.json'}")
 
 

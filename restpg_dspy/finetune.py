@@ -24,6 +24,7 @@ import functools
 import json
 import logging
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 TRAINING_LOG = "training_log.json"
+_STAGING = ".training-"  # + the training process id + a random suffix
 
 
 class NonFiniteLossError(RuntimeError):
@@ -265,13 +267,32 @@ def _trainer_classes() -> tuple[type, type]:
     return WeightedLossTrainer, LossProgressBar
 
 
+def _remove_abandoned_staging(root: Path) -> None:
+    """Delete staging folders whose training process is gone (killed before its ``finally`` could clean up)."""
+    for folder in root.glob(f"{_STAGING}*-*"):
+        pid = folder.name.removeprefix(_STAGING).split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
 def train_lora(
     engine: LocalEngine, rows: list[dict[str, Any]], config: LoRATrainingConfig, start_from: Path | None = None
 ) -> tuple[Path, dict[str, Any]]:
     """Train a LoRA adapter for ``engine``'s base model and publish it; return its folder and the job's log.
 
     The adapter is written to a hidden staging folder and renamed into place only when complete, so a failure
-    (bad rows, a non-finite loss, an interruption) never leaves a half-written adapter that a later load would pick.
+    (bad rows, a non-finite loss, an interruption) never leaves a half-written adapter that a later load would pick;
+    staging folders of killed trainings are removed by the next one.
     """
     import torch
     from datasets import Dataset
@@ -290,7 +311,8 @@ def train_lora(
         )
     root = Path(config.output_dir) if config.output_dir else default_adapter_root()
     root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".training-", dir=root))
+    _remove_abandoned_staging(root)
+    staging = Path(tempfile.mkdtemp(prefix=f"{_STAGING}{os.getpid()}-", dir=root))
     started = time.monotonic()
     try:
         set_seed(config.seed)
