@@ -625,7 +625,8 @@ def _single_lm(lms: dict[str, dspy.LM]) -> dspy.LM:
 def _restore_lm(base: dspy.LM, done: dict[str, Any]) -> dspy.LM:
     engine = getattr(base, "engine", None)
     if isinstance(engine, LocalEngine) and done.get("adapter"):
-        engine.register_adapter(done["adapter"])
+        # The id is the adapter's content hash as computed today (a run written by an older hash stays servable).
+        return base.copy(model=engine.register_adapter(done["adapter"]))
     return base.copy(model=done["model"])
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import json
 import queue
 import threading
 import time
@@ -46,15 +47,29 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 _ADAPTER_TAG = "+lora-"
 
 
+# PEFT writes these set-valued settings in set order, which changes from process to process.
+_UNORDERED_CONFIG_KEYS = ("target_modules", "exclude_modules", "modules_to_save")
+
+
 def adapter_hash(path: Path) -> str:
-    """Content hash of a saved LoRA adapter (its config and weights), 12 hex digits."""
+    """Content hash of a saved LoRA adapter (its config, in a canonical form, and its weights), 12 hex digits.
+
+    The same weights and settings give the same hash in every process, so ids and caches carry across runs.
+    """
     digest = hashlib.sha256()
     for name in ADAPTER_FILES:
         file = path / name
         if not file.exists():
             raise FileNotFoundError(f"{path} is not a saved adapter: {name} is missing")
+        content = file.read_bytes()
+        if name.endswith(".json"):
+            config = json.loads(content)
+            for key in _UNORDERED_CONFIG_KEYS:
+                if isinstance(config.get(key), list):
+                    config[key] = sorted(config[key])
+            content = json.dumps(config, sort_keys=True).encode()
         digest.update(name.encode())
-        digest.update(file.read_bytes())
+        digest.update(content)
     return digest.hexdigest()[:12]
 
 
