@@ -21,7 +21,7 @@ def predictor_lms(program: dspy.Module) -> dict[str, dspy.LM]:
     """The LM each predictor runs on (its own, else the configured one).
 
     Raises:
-        ValueError: some predictors have no LM (naming them).
+        UsageError: some predictors have no LM (naming them).
     """
     lms = {name: predictor.lm or dspy.settings.lm for name, predictor in program.named_predictors()}
     missing = [name for name, lm in lms.items() if lm is None]

@@ -34,7 +34,7 @@ def check_token_budget(name: str, value: int | None) -> None:
     """Refuse a token budget that is set but is not a positive integer, naming the setting.
 
     Raises:
-        ValueError: ``value`` is not ``None`` and not a positive ``int``.
+        UsageError: ``value`` is not ``None`` and not a positive ``int``.
     """
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
         raise UsageError(f"{name} must be a positive number of tokens, not {value!r}")
@@ -54,7 +54,7 @@ class PersonalizedProgram(dspy.Module):
         response_max_tokens: Token budget of the response step (``None``: the LM's ``max_tokens``).
 
     Raises:
-        ValueError: a budget that is not a positive number of tokens.
+        UsageError: a budget that is not a positive number of tokens.
     """
 
     def __init__(

@@ -241,7 +241,7 @@ def policy_response(example: dspy.Example, policy: str) -> dspy.Prediction:
     option, without the reason clause) and ``oracle`` (the expected output).
 
     Raises:
-        ValueError: an unknown policy (the known ones are listed).
+        UsageError: an unknown policy (the known ones are listed).
     """
     from restpg_dspy.evals.choice import content_words
 

@@ -30,7 +30,7 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
     """Read records from a JSONL file, a JSON list, or a JSON object holding the list under ``data``/``golds``.
 
     Raises:
-        ValueError: the file is missing or a line/document is not valid JSON (naming the file and line).
+        UsageError: the file is missing or a line/document is not valid JSON (naming the file and line).
     """
     path = Path(path)
     if not path.exists():
@@ -77,7 +77,7 @@ def records_to_examples(records: list[dict[str, Any]], source: str) -> list[dspy
     and every other field of the record; ``request`` and ``profile`` are its inputs.
 
     Raises:
-        ValueError: a record lacks ``input``/``output``/``profile`` or its profile is not a list of objects
+        UsageError: a record lacks ``input``/``output``/``profile`` or its profile is not a list of objects
             (naming the record id or index and the field).
     """
     examples = []

@@ -102,7 +102,7 @@ def split_names(seed: int, split: str, count: int) -> list[tuple[int, str]]:
     """``(index, full name)`` of the first ``count`` users of ``split``; indices and names never repeat across splits.
 
     Raises:
-        ValueError: an unknown split, or more users than the split has room for.
+        UsageError: an unknown split, or more users than the split has room for.
     """
     if split not in NAME_SLICES:
         raise UsageError(f"unknown split {split!r}; choose one of {list(NAME_SLICES)}")

@@ -14,7 +14,7 @@ Example:
     >>> synthetic("val", task="poetry")
     Traceback (most recent call last):
     ...
-    ValueError: unknown synthetic task 'poetry'; choose one of ['implicit_choice', 'life_facts']
+    restpg_dspy.errors.UsageError: unknown synthetic task 'poetry'; choose one of ['implicit_choice', 'life_facts']
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def synthetic(
         **options: The task's own settings (``users``, ``requests_per_user``, ...; see each task).
 
     Raises:
-        ValueError: an unknown task or split (the message lists the known ones).
+        UsageError: an unknown task or split (the message lists the known ones).
     """
     if task not in TASKS:
         raise UsageError(f"unknown synthetic task {task!r}; choose one of {sorted(TASKS)}")
