@@ -1,9 +1,14 @@
 """Batched sampling from a causal LM with per-row settings.
 
-Every row of a batch keeps its own temperature, nucleus/top-k filter, token budget, stop strings and random
-generator, so a request's sample depends on its own seed and not on which other requests shared its batch.
+Every row of a batch keeps its own temperature, nucleus/top-k filter, token budget, stop strings and randomness,
+so a request's sample depends on its own seed and not on which other requests shared its batch.
 Rows with the same prompt (several samples of one input) share one prefill; rows leave the batch (and its KV
 cache) as soon as they finish.
+
+Randomness: on the CPU each row draws from its own ``torch.Generator``. On a GPU, where one small draw per row per
+step would stall the device, the whole batch samples in one pass with the Gumbel-max trick, the noise of row ``r``
+at step ``t`` for token ``v`` being a counter-based hash (splitmix64) of ``(seed_r, t, v)``: still a function of the
+row's own seed alone. The two devices give different samples for the same seed.
 """
 
 from __future__ import annotations
@@ -68,18 +73,28 @@ class Completion:
     scores: list[TokenScore] | None = None
 
 
-def _generator(seed: int | None, device: torch.device) -> torch.Generator:
+def _generator(seed: int, device: torch.device) -> torch.Generator:
     generator = torch.Generator(device=device)
-    generator.manual_seed(seed if seed is not None else int.from_bytes(os.urandom(8), "little") >> 1)
+    generator.manual_seed(seed)
     return generator
 
 
-def _choose_tokens(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator]) -> list[int]:
-    """Pick the next token of every row: greedy where temperature is 0, filtered sampling elsewhere."""
-    chosen = logits.argmax(dim=-1).tolist()
+def _choose_tokens(
+    logits: torch.Tensor,
+    params: list[SamplingParams],
+    generators: list[torch.Generator] | None,
+    seeds: list[int],
+    steps: list[int],
+) -> list[int]:
+    """Pick the next token of every row: greedy where temperature is 0, filtered sampling elsewhere.
+
+    Rows sample from their ``generators`` when given, else by Gumbel-max with counter-based noise from
+    ``(seeds[row], steps[row])`` in one pass over the batch.
+    """
+    chosen = logits.argmax(dim=-1)
     sampled = [row for row, p in enumerate(params) if p.temperature > 0]
     if not sampled:
-        return chosen
+        return chosen.tolist()
     index = torch.tensor(sampled, device=logits.device)
     temperatures = torch.tensor([params[r].temperature for r in sampled], device=logits.device)
     scaled = logits.index_select(0, index) / temperatures[:, None]
@@ -95,10 +110,54 @@ def _choose_tokens(logits: torch.Tensor, params: list[SamplingParams], generator
         # Drop a token once the mass before it already reaches top_p; the most likely token always stays.
         drop = (cumulative - sorted_logits.softmax(dim=-1)) >= top_p[:, None]
         scaled = scaled.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    if generators is None:
+        row_seeds = torch.tensor([seeds[r] for r in sampled], device=logits.device)
+        row_steps = torch.tensor([steps[r] for r in sampled], device=logits.device)
+        noise = -torch.log(-torch.log(counter_uniforms(row_seeds, row_steps, scaled.shape[-1])))
+        chosen.index_copy_(0, index, (scaled + noise).argmax(dim=-1))
+        return chosen.tolist()
+    picks = chosen.tolist()
     probs = scaled.softmax(dim=-1)
     for j, row in enumerate(sampled):
-        chosen[row] = int(torch.multinomial(probs[j], 1, generator=generators[row]).item())
-    return chosen
+        picks[row] = int(torch.multinomial(probs[j], 1, generator=generators[row]).item())
+    return picks
+
+
+# splitmix64's constants as signed 64-bit integers (torch has no unsigned 64-bit arithmetic on every device).
+_GOLDEN = -7046029254386353131  # 0x9E3779B97F4A7C15
+_MIX_1 = -4658895280553007687  # 0xBF58476D1CE4E5B9
+_MIX_2 = -7723592293110705685  # 0x94D049BB133111EB
+
+
+def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Logical right shift of int64 values (``>>`` is arithmetic on signed integers)."""
+    return (x >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def _mix64(x: torch.Tensor) -> torch.Tensor:
+    """splitmix64's finalizer, in wrapping int64 arithmetic."""
+    x = x ^ _shift_right(x, 30)
+    x = x * _MIX_1
+    x = x ^ _shift_right(x, 27)
+    x = x * _MIX_2
+    return x ^ _shift_right(x, 31)
+
+
+def counter_uniforms(seeds: torch.Tensor, steps: torch.Tensor, vocab: int) -> torch.Tensor:
+    """Uniforms in (0, 1), shape ``(rows, vocab)``: entry ``[r, v]`` hashes ``(seeds[r], steps[r], v)`` alone.
+
+    Each value has 23 random bits, placed at the centre of one of 2**23 equal intervals, so neither 0 nor 1 occurs.
+
+    Example:
+        >>> u = counter_uniforms(torch.tensor([7, 8]), torch.tensor([0, 0]), 4)
+        >>> alone = counter_uniforms(torch.tensor([8]), torch.tensor([0]), 4)
+        >>> bool(((u > 0) & (u < 1)).all()), torch.equal(u[1], alone[0])
+        (True, True)
+    """
+    rows = _mix64(seeds.long() * _GOLDEN + steps.long())
+    tokens = torch.arange(vocab, device=seeds.device, dtype=torch.long) * _GOLDEN
+    bits = _shift_right(_mix64(rows[:, None] + tokens[None, :]), 41)
+    return (bits.to(torch.float32) + 0.5) / float(1 << 23)
 
 
 def _hits_stop(tokenizer: Any, token_ids: list[int], stop: tuple[str, ...]) -> bool:
@@ -156,14 +215,21 @@ def generate(
         cache.batch_select_indices(rows)
         attention, positions, logits = attention[rows], positions[rows], logits[rows]
 
-    generators = [_generator(p.seed, device) for p in params]
+    seeds = [p.seed if p.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1 for p in params]
+    generators = [_generator(seed, device) for seed in seeds] if device.type == "cpu" else None
     tokens: list[list[int]] = [[] for _ in prompts]
     scores: list[list[TokenScore] | None] = [[] if p.logprobs is not None else None for p in params]
     finish = ["length"] * len(prompts)
     active = list(range(len(prompts)))
     while True:
         logits = logits.float()
-        next_ids = _choose_tokens(logits, [params[r] for r in active], [generators[r] for r in active])
+        next_ids = _choose_tokens(
+            logits,
+            [params[r] for r in active],
+            [generators[r] for r in active] if generators is not None else None,
+            [seeds[r] for r in active],
+            [len(tokens[r]) for r in active],
+        )
         keep = []
         for j, row in enumerate(active):
             token, p = next_ids[j], params[row]

@@ -1,6 +1,7 @@
 import pytest
+import torch
 
-from restpg_dspy.generation import SamplingParams, generate
+from restpg_dspy.generation import SamplingParams, _choose_tokens, counter_uniforms, generate
 from restpg_dspy.models import load_model
 
 
@@ -105,3 +106,38 @@ def test_logprobs_are_reported_per_token(tiny):
 def test_mismatched_params_are_refused(tiny):
     with pytest.raises(ValueError, match="one SamplingParams per prompt"):
         run(tiny, [SamplingParams(max_tokens=1)], [[1, 2], [3]])
+
+
+def _splitmix(x):
+    mask = (1 << 64) - 1
+    x &= mask
+    x ^= x >> 30
+    x = (x * 0xBF58476D1CE4E5B9) & mask
+    x ^= x >> 27
+    x = (x * 0x94D049BB133111EB) & mask
+    return x ^ (x >> 31)
+
+
+def test_counter_noise_is_splitmix64_of_seed_step_and_token():
+    seeds, steps = [0, 1, 12345678901234, 2**62 + 7], [0, 5, 17, 3]
+    u = counter_uniforms(torch.tensor(seeds), torch.tensor(steps), 50)
+    golden = 0x9E3779B97F4A7C15
+    for row, (seed, step) in enumerate(zip(seeds, steps, strict=True)):
+        for token in (0, 1, 49):
+            bits = _splitmix(_splitmix(seed * golden + step) + token * golden) >> 41
+            assert u[row, token].item() == (bits + 0.5) / 2**23
+
+
+def test_batch_sampling_without_generators_is_per_row_and_has_the_right_distribution():
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    draws = 20000
+    params = [SamplingParams(max_tokens=1, temperature=1.0)] * draws
+    picks = _choose_tokens(probs.log().repeat(draws, 1), params, None, list(range(draws)), [0] * draws)
+    frequencies = torch.bincount(torch.tensor(picks), minlength=4).float() / draws
+    assert torch.allclose(frequencies, probs, atol=0.015), frequencies
+    # A row's pick depends on its own seed and step, not on the rows beside it or their settings.
+    mixed = [SamplingParams(1, temperature=0.7, top_p=0.9), SamplingParams(1), SamplingParams(1, temperature=1.3)]
+    logits = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
+    together = _choose_tokens(logits, mixed, None, [11, 12, 13], [4, 0, 9])
+    alone = [_choose_tokens(logits[i : i + 1], [mixed[i]], None, [11 + i], [[4, 0, 9][i]])[0] for i in range(3)]
+    assert together == alone and together[1] == int(logits[1].argmax())
