@@ -1,7 +1,7 @@
 """LoRA fine-tuning of local models through DSPy's own ``lm.finetune(...)`` API.
 
 :class:`PEFTProvider` is a DSPy ``Provider`` with ``finetunable=True``. ``lm.finetune(train_data=rows,
-train_data_format="chat", train_kwargs={...})`` trains a LoRA adapter with a ``transformers`` ``Trainer`` (loss on
+train_data_format="chat", train_kwargs={...})`` trains a LoRA adapter with TRL's ``SFTTrainer`` and PEFT (loss on
 assistant tokens only, optional per-row reward weight), publishes it atomically under a folder named by its
 content hash, and ``job.result()`` returns an LM whose model id names base + adapter hash, so DSPy's caches never
 mix the answers of different weights.
@@ -52,9 +52,18 @@ class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss; no adapter was published."""
 
 
+# Knobs that belong to the fine-tuning job itself rather than to TRL's SFTConfig or PEFT's LoraConfig.
+_OWN_KNOBS = ("dtype", "output_dir", "start_from")
+_LORA_KNOBS = ("r", "lora_alpha", "lora_dropout", "target_modules")
+
+
 @dataclass
 class LoRATrainingConfig:
-    """The knobs of one LoRA fine-tuning job. Names follow transformers, TRL and PEFT.
+    """The knobs of one LoRA fine-tuning job: TRL's ``SFTConfig`` and PEFT's ``LoraConfig``, under their own names.
+
+    The fields below are the common ones, with defaults for LoRA on small models (they differ from TRL's and PEFT's
+    where those suit full fine-tuning); any other ``SFTConfig`` field (``optim``, ``adam_beta2``, ...) or
+    ``LoraConfig`` field (``use_rslora``, ``layers_to_transform``, ...) passes through ``train_kwargs`` unchanged.
 
     Attributes:
         r: LoRA rank.
@@ -78,6 +87,8 @@ class LoRATrainingConfig:
         output_dir: Where adapters are published (default: ``<restpg home>/adapters``).
         start_from: ``"base"`` trains a fresh adapter on the base weights; ``"adapter"`` continues the adapter of
             the LM being fine-tuned; any other value is the folder of an adapter to continue.
+        sft_args: Further ``SFTConfig`` fields.
+        lora_args: Further ``LoraConfig`` fields.
     """
 
     r: int = 16
@@ -100,19 +111,67 @@ class LoRATrainingConfig:
     logging_steps: int = 1
     output_dir: str | None = None
     start_from: str = "base"
+    sft_args: dict[str, Any] = dataclasses.field(default_factory=dict)
+    lora_args: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_kwargs(cls, train_kwargs: dict[str, Any] | None) -> LoRATrainingConfig:
-        """Build a config from ``train_kwargs``, refusing unknown keys by name."""
+        """Build a config from ``train_kwargs``: our fields, then ``SFTConfig`` and ``LoraConfig`` fields by name.
+
+        Raises:
+            UsageError: a key that none of them has (named), or a rank, batch size or length out of range.
+        """
+        from peft import LoraConfig
+        from trl import SFTConfig
+
         train_kwargs = dict(train_kwargs or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(train_kwargs) - known)
+        own = {f.name for f in dataclasses.fields(cls)} - {"sft_args", "lora_args"}
+        sft_fields = {f.name for f in dataclasses.fields(SFTConfig) if f.init}
+        lora_fields = {f.name for f in dataclasses.fields(LoraConfig) if f.init}
+        unknown = sorted(set(train_kwargs) - own - sft_fields - lora_fields)
         if unknown:
-            raise UsageError(f"unknown train_kwargs {unknown}; known keys: {sorted(known)}")
-        config = cls(**train_kwargs)
+            raise UsageError(
+                f"unknown train_kwargs {unknown}: neither a fine-tuning knob ({sorted(own)}) nor a field of TRL's "
+                "SFTConfig or PEFT's LoraConfig"
+            )
+        config = cls(
+            **{k: v for k, v in train_kwargs.items() if k in own},
+            sft_args={k: v for k, v in train_kwargs.items() if k not in own and k in sft_fields},
+            lora_args={k: v for k, v in train_kwargs.items() if k not in own and k not in sft_fields},
+        )
         if config.max_length < 2 or config.r < 1 or config.per_device_train_batch_size < 1:
             raise UsageError("max_length must be >= 2, r >= 1 and per_device_train_batch_size >= 1")
         return config
+
+    def lora_config(self) -> Any:
+        """PEFT's ``LoraConfig`` for a fresh adapter."""
+        from peft import LoraConfig
+
+        knobs = {name: getattr(self, name) for name in _LORA_KNOBS}
+        return LoraConfig(task_type="CAUSAL_LM", **{**knobs, **self.lora_args})
+
+    def sft_config(self, output_dir: Path, *, use_cpu: bool, bf16: bool) -> Any:
+        """TRL's ``SFTConfig`` for this job; the data arrive tokenized, with our labels and weights."""
+        from trl import SFTConfig
+
+        knobs = {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in (*_OWN_KNOBS, *_LORA_KNOBS, "sft_args", "lora_args")
+        }
+        fixed = {
+            "output_dir": str(output_dir),
+            "data_seed": self.seed,
+            "gradient_checkpointing_kwargs": {"use_reentrant": False} if self.gradient_checkpointing else None,
+            "save_strategy": "no",
+            "report_to": [],
+            "remove_unused_columns": False,  # keep the row weights
+            "dataset_kwargs": {"skip_prepare_dataset": True},
+            "use_cpu": use_cpu,
+            "bf16": bf16,
+            "disable_tqdm": True,  # replaced by the one-line progress bar
+        }
+        return SFTConfig(**{**knobs, **fixed, **self.sft_args})
 
 
 class LocalTrainingJob(TrainingJob):
@@ -225,7 +284,8 @@ def assistant_token_losses(model: Any, inputs: dict[str, Any], labels: Any) -> t
 def _trainer_classes() -> tuple[type, type]:
     """The Trainer subclass and progress callback (defined lazily: importing transformers is slow)."""
     import torch
-    from transformers import Trainer, TrainerCallback
+    from transformers import TrainerCallback
+    from trl import SFTTrainer
 
     class LossProgressBar(TrainerCallback):
         """A tqdm bar over optimizer steps showing the latest loss, instead of a printed dict per log step."""
@@ -245,10 +305,20 @@ def _trainer_classes() -> tuple[type, type]:
         def on_train_end(self, args, state, control, **kwargs):
             self.bar.close()
 
-    class WeightedLossTrainer(Trainer):
-        """Token-level cross-entropy on assistant tokens, each row's tokens scaled by the row's weight."""
+    class WeightedSFTTrainer(SFTTrainer):
+        """TRL's SFTTrainer with token-level cross-entropy on assistant tokens, each row's tokens scaled by its weight.
+
+        The loss of a micro-batch is its weighted token losses over the trained tokens of the whole optimizer step
+        (all accumulated micro-batches, on all processes), so gradient accumulation and several processes give the
+        gradient of one large batch. Data-parallel training averages gradients over processes, so the loss is
+        multiplied by their number, as ``Trainer.compute_loss`` does.
+        """
 
         loss_is_scaled_for_ga = True
+
+        def __init__(self, *args: Any, **kwargs: Any):
+            super().__init__(*args, **kwargs)
+            self.model_accepts_loss_kwargs = True  # the Trainer then counts each step's trained tokens for us
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             labels, weights = inputs.pop("labels"), inputs.pop("weight")
@@ -257,6 +327,8 @@ def _trainer_classes() -> tuple[type, type]:
             if num_items_in_batch is None:
                 num_items_in_batch = trained.sum() * self.args.gradient_accumulation_steps
             loss = (per_row * weights.to(per_row.device)).sum() / max(int(num_items_in_batch), 1)
+            if self.args.average_tokens_across_devices:
+                loss = loss * self.accelerator.num_processes
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
                     f"the training loss became {loss.item()} at step {self.state.global_step}; no adapter was "
@@ -264,7 +336,7 @@ def _trainer_classes() -> tuple[type, type]:
                 )
             return (loss, outputs) if return_outputs else loss
 
-    return WeightedLossTrainer, LossProgressBar
+    return WeightedSFTTrainer, LossProgressBar
 
 
 def _remove_abandoned_staging(root: Path) -> None:
@@ -296,8 +368,8 @@ def train_lora(
     """
     import torch
     from datasets import Dataset
-    from peft import LoraConfig, PeftModel, get_peft_model
-    from transformers import PrinterCallback, TrainingArguments, set_seed
+    from peft import PeftModel, get_peft_model
+    from transformers import PrinterCallback, set_seed
 
     validate_rows(rows)
     loaded = engine.loaded
@@ -322,43 +394,19 @@ def train_lora(
         if start_from is not None:
             model = PeftModel.from_pretrained(model, start_from, is_trainable=True)
         else:
-            lora = LoraConfig(
-                r=config.r,
-                lora_alpha=config.lora_alpha,
-                lora_dropout=config.lora_dropout,
-                target_modules=config.target_modules,
-                task_type="CAUSAL_LM",
-            )
-            model = get_peft_model(model, lora)
+            model = get_peft_model(model, config.lora_config())
         dataset = Dataset.from_list([dataclasses.asdict(row) for row in tokenized])
-        arguments = TrainingArguments(
-            output_dir=str(staging / "trainer"),
-            learning_rate=config.learning_rate,
-            num_train_epochs=config.num_train_epochs,
-            max_steps=config.max_steps,
-            per_device_train_batch_size=config.per_device_train_batch_size,
-            gradient_accumulation_steps=config.gradient_accumulation_steps,
-            gradient_checkpointing=config.gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
-            warmup_steps=config.warmup_steps,
-            lr_scheduler_type=config.lr_scheduler_type,
-            weight_decay=config.weight_decay,
-            max_grad_norm=config.max_grad_norm,
-            seed=config.seed,
-            data_seed=config.seed,
-            logging_steps=config.logging_steps,
-            save_strategy="no",
-            report_to=[],
-            remove_unused_columns=False,
+        arguments = config.sft_config(
+            staging / "trainer",
             use_cpu=loaded.device == "cpu",
             bf16=dtype == torch.bfloat16 and loaded.device != "cpu",
-            disable_tqdm=True,  # replaced by the one-line progress bar below
         )
         trainer_class, progress_bar = _trainer_classes()
         trainer = trainer_class(
             model=model,
             args=arguments,
             train_dataset=dataset,
+            processing_class=loaded.tokenizer,
             data_collator=lambda batch: _collate(batch, loaded.tokenizer.pad_token_id),
         )
         trainer.remove_callback(PrinterCallback)

@@ -1,5 +1,4 @@
 import json
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -50,23 +49,75 @@ def test_zero_weights_leave_the_adapter_untrained(tiny_lm, tmp_path):
     assert lora_b_norm(job) > 0.0
 
 
-def test_row_weights_scale_the_loss(tiny_engine):
+def reference_setup(tiny_model_dir, tmp_path, accumulation):
+    """A LoRA model with non-zero adapter weights, its exact copy, and our trainer around the first one."""
+    import copy
+
+    from datasets import Dataset
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    config = LoRATrainingConfig(r=4, lora_dropout=0.0, gradient_accumulation_steps=accumulation)
+    config.lora_args = {"init_lora_weights": False}  # B != 0: every LoRA weight gets a gradient
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), config.lora_config())
+    reference = copy.deepcopy(model)
     trainer_class, _ = _trainer_classes()
-    model = tiny_engine.loaded.model
-    labels = torch.tensor([[-100, 5, 6, 7], [-100, 8, 9, -100]])
-    ids = labels.clamp(min=1)
+    trainer = trainer_class(
+        model=model,
+        args=config.sft_config(tmp_path / "trainer", use_cpu=True, bf16=False),
+        train_dataset=Dataset.from_list([{"input_ids": [1, 2], "labels": [-100, 2], "weight": 1.0}]),
+        processing_class=AutoTokenizer.from_pretrained(tiny_model_dir),
+        data_collator=lambda batch: batch,
+    )
+    return trainer, model, reference
 
-    def batch(weights):
-        mask = torch.ones_like(ids)
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels.clone(), "weight": torch.tensor(weights)}
 
-    fake = SimpleNamespace(args=SimpleNamespace(gradient_accumulation_steps=1), state=SimpleNamespace(global_step=0))
-    with torch.no_grad():
-        both = trainer_class.compute_loss(fake, model, batch([1.0, 1.0]), num_items_in_batch=5)
-        first = trainer_class.compute_loss(fake, model, batch([1.0, 0.0]), num_items_in_batch=5)
-        second_doubled = trainer_class.compute_loss(fake, model, batch([0.0, 2.0]), num_items_in_batch=5)
-    assert torch.isclose(both, first + second_doubled / 2)
-    assert first > 0 and second_doubled > 0
+def rows_batch(rows):
+    return {
+        "input_ids": torch.tensor([r[0] for r in rows]),
+        "attention_mask": torch.tensor([r[1] for r in rows]),
+        "labels": torch.tensor([r[2] for r in rows]),
+        "weight": torch.tensor([r[3] for r in rows]),
+    }
+
+
+# (input ids, attention mask, labels, weight): 3 + 2 + 4 + 1 = 10 trained next-token targets in all.
+ROWS = [
+    ([5, 6, 7, 8, 9, 10], [1] * 6, [-100, -100, -100, 8, 9, 10], 1.0),
+    ([11, 12, 13, 14, 0, 0], [1, 1, 1, 1, 0, 0], [-100, -100, 13, 14, -100, -100], 0.5),
+    ([15, 16, 17, 18, 19, 20], [1] * 6, [-100, 16, 17, 18, 19, -100], 2.0),
+    ([21, 22, 23, 24, 25, 26], [1] * 6, [-100, -100, -100, -100, -100, 26], 0.0),
+]
+
+
+def hand_computed(reference):
+    """sum over rows of weight x (sum of that row's token cross-entropies) / all trained tokens, and its gradients."""
+    total = 0.0
+    for ids, mask, labels, weight in ROWS:
+        logits = reference(input_ids=torch.tensor([ids]), attention_mask=torch.tensor([mask])).logits[0, :-1]
+        targets = torch.tensor(labels[1:])
+        trained = targets.ne(-100)
+        total = total + weight * torch.nn.functional.cross_entropy(logits[trained], targets[trained], reduction="sum")
+    loss = total / 10
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in reference.named_parameters() if p.requires_grad}
+    return loss.detach(), grads
+
+
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_weighted_loss_and_gradients_equal_a_hand_computed_reference(tiny_model_dir, tmp_path, accumulation):
+    trainer, model, reference = reference_setup(tiny_model_dir, tmp_path, accumulation)
+    expected_loss, expected_grads = hand_computed(reference)
+    micro_batches = [rows_batch(ROWS)] if accumulation == 1 else [rows_batch(ROWS[:2]), rows_batch(ROWS[2:])]
+    counted = trainer._get_num_items_in_batch(micro_batches, torch.device("cpu"))
+    assert int(counted) == 10  # the Trainer counts the trained tokens of the whole step, as the loss needs
+    loss = sum(trainer.training_step(model, batch, num_items_in_batch=counted) for batch in micro_batches)
+    assert torch.isclose(loss, expected_loss, rtol=1e-5)
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    assert grads.keys() == expected_grads.keys() and len(grads) > 0
+    for name, grad in grads.items():
+        assert torch.allclose(grad, expected_grads[name], rtol=1e-3, atol=1e-5), name
 
 
 def test_losses_from_kept_logits_equal_full_logits(tiny_engine):
@@ -138,6 +189,8 @@ def test_bad_rows_fail_with_the_row_named(tiny_lm, tmp_path, rows, message):
 def test_unknown_train_kwarg_is_named():
     with pytest.raises(ValueError, match="unknown train_kwargs \\['lora_rank'\\]"):
         LoRATrainingConfig.from_kwargs({"lora_rank": 4})
+    passed = LoRATrainingConfig.from_kwargs({"adam_beta2": 0.95, "use_rslora": True, "r": 4})
+    assert passed.sft_args == {"adam_beta2": 0.95} and passed.lora_args == {"use_rslora": True} and passed.r == 4
 
 
 def test_non_finite_loss_publishes_nothing(tiny_lm, tmp_path):
