@@ -53,7 +53,7 @@ class NonFiniteLossError(RuntimeError):
 
 
 # Knobs that belong to the fine-tuning job itself rather than to TRL's SFTConfig or PEFT's LoraConfig.
-_OWN_KNOBS = ("dtype", "output_dir", "start_from")
+_OWN_KNOBS = ("dtype", "output_dir", "start_from", "num_processes", "accelerate_config")
 _LORA_KNOBS = ("r", "lora_alpha", "lora_dropout", "target_modules")
 
 
@@ -87,6 +87,10 @@ class LoRATrainingConfig:
         output_dir: Where adapters are published (default: ``<restpg home>/adapters``).
         start_from: ``"base"`` trains a fresh adapter on the base weights; ``"adapter"`` continues the adapter of
             the LM being fine-tuned; any other value is the folder of an adapter to continue.
+        num_processes: Processes that train data-parallel (DDP through ``torchrun``; gloo on CPUs, one GPU each);
+            the global batch is ``per_device_train_batch_size x gradient_accumulation_steps x num_processes``.
+        accelerate_config: An ``accelerate`` config file (DeepSpeed, FSDP, ...): the training is launched with
+            ``accelerate launch --config_file`` instead.
         sft_args: Further ``SFTConfig`` fields.
         lora_args: Further ``LoraConfig`` fields.
     """
@@ -111,6 +115,8 @@ class LoRATrainingConfig:
     logging_steps: int = 1
     output_dir: str | None = None
     start_from: str = "base"
+    num_processes: int = 1
+    accelerate_config: str | None = None
     sft_args: dict[str, Any] = dataclasses.field(default_factory=dict)
     lora_args: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -139,8 +145,10 @@ class LoRATrainingConfig:
             sft_args={k: v for k, v in train_kwargs.items() if k not in own and k in sft_fields},
             lora_args={k: v for k, v in train_kwargs.items() if k not in own and k not in sft_fields},
         )
-        if config.max_length < 2 or config.r < 1 or config.per_device_train_batch_size < 1:
-            raise UsageError("max_length must be >= 2, r >= 1 and per_device_train_batch_size >= 1")
+        if config.max_length < 2 or config.r < 1 or config.per_device_train_batch_size < 1 or config.num_processes < 1:
+            raise UsageError("max_length must be >= 2, r, per_device_train_batch_size and num_processes >= 1")
+        if config.accelerate_config and not Path(config.accelerate_config).is_file():
+            raise UsageError(f"accelerate_config {config.accelerate_config} is not a file")
         return config
 
     def lora_config(self) -> Any:
@@ -362,15 +370,12 @@ def train_lora(
 ) -> tuple[Path, dict[str, Any]]:
     """Train a LoRA adapter for ``engine``'s base model and publish it; return its folder and the job's log.
 
-    The adapter is written to a hidden staging folder and renamed into place only when complete, so a failure
-    (bad rows, a non-finite loss, an interruption) never leaves a half-written adapter that a later load would pick;
-    staging folders of killed trainings are removed by the next one.
+    With ``num_processes`` > 1 (or an ``accelerate_config`` file) the training runs in that many processes launched
+    by ``torchrun`` (``accelerate launch`` with the file, which may configure DeepSpeed or FSDP), data-parallel;
+    otherwise in this process. The adapter is written to a hidden staging folder and renamed into place only when
+    complete, so a failure (bad rows, a non-finite loss, an interruption) never leaves a half-written adapter that a
+    later load would pick; staging folders of killed trainings are removed by the next one.
     """
-    import torch
-    from datasets import Dataset
-    from peft import PeftModel, get_peft_model
-    from transformers import PrinterCallback, set_seed
-
     validate_rows(rows)
     loaded = engine.loaded
     tokenized, stats = tokenize_rows(loaded.tokenizer, rows, config.max_length)
@@ -386,37 +391,22 @@ def train_lora(
     _remove_abandoned_staging(root)
     staging = Path(tempfile.mkdtemp(prefix=f"{_STAGING}{os.getpid()}-", dir=root))
     started = time.monotonic()
+    job = TrainingJobSpec(
+        str(loaded.path),
+        loaded.device,
+        [dataclasses.asdict(r) for r in tokenized],
+        config,
+        str(start_from) if start_from else None,
+        str(staging),
+    )
     try:
-        set_seed(config.seed)
-        dtype = resolve_dtype(config.dtype, loaded.device)
-        # A private copy of the base weights: LoRA layers are injected in place, and the served copy must not change.
-        model = load_causal_lm(loaded.path, dtype, loaded.device)
-        if start_from is not None:
-            model = PeftModel.from_pretrained(model, start_from, is_trainable=True)
+        if config.num_processes > 1 or config.accelerate_config:
+            steps, losses = _fit_in_processes(job)
         else:
-            model = get_peft_model(model, config.lora_config())
-        dataset = Dataset.from_list([dataclasses.asdict(row) for row in tokenized])
-        arguments = config.sft_config(
-            staging / "trainer",
-            use_cpu=loaded.device == "cpu",
-            bf16=dtype == torch.bfloat16 and loaded.device != "cpu",
-        )
-        trainer_class, progress_bar = _trainer_classes()
-        trainer = trainer_class(
-            model=model,
-            args=arguments,
-            train_dataset=dataset,
-            processing_class=loaded.tokenizer,
-            data_collator=lambda batch: _collate(batch, loaded.tokenizer.pad_token_id),
-        )
-        trainer.remove_callback(PrinterCallback)
-        trainer.add_callback(progress_bar())
-        trainer.train()
-        losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+            steps, losses = fit(job, tokenizer=loaded.tokenizer)
         if losses and not all(math.isfinite(loss) for loss in losses):
             raise NonFiniteLossError("the training loss was not finite; no adapter was published")
         adapter_dir = staging / "adapter"
-        model.save_pretrained(adapter_dir)
         digest = adapter_hash(adapter_dir)
         final = root / f"{loaded.name}-lora-{digest}"
         log = {
@@ -430,7 +420,7 @@ def train_lora(
             "rows_dropped_after_truncation": stats.dropped_after_truncation,
             "assistant_tokens": stats.assistant_tokens,
             "total_tokens": stats.total_tokens,
-            "steps": trainer.state.global_step,
+            "steps": steps,
             "losses": losses,
             "runtime_s": round(time.monotonic() - started, 2),
         }
@@ -442,3 +432,111 @@ def train_lora(
         return final, log
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+@dataclass
+class TrainingJobSpec:
+    """What one training run needs, in a form that can be written to a file for the processes of a launched job.
+
+    Attributes:
+        model_path: The base model's folder.
+        device: ``"cpu"`` or ``"cuda..."``; a launched process on a GPU takes the one of its local rank.
+        rows: Tokenized rows (``input_ids``, ``labels``, ``weight``).
+        config: The job's knobs.
+        start_from: An adapter folder to continue, or ``None`` for a fresh adapter.
+        staging: The folder the adapter (``adapter/``) and the trainer's files are written to.
+    """
+
+    model_path: str
+    device: str
+    rows: list[dict[str, Any]]
+    config: LoRATrainingConfig
+    start_from: str | None
+    staging: str
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def load(cls, path: Path) -> TrainingJobSpec:
+        fields = json.loads(path.read_text())
+        return cls(**{**fields, "config": LoRATrainingConfig(**fields["config"])})
+
+
+def fit(job: TrainingJobSpec, tokenizer: Any = None) -> tuple[int, list[float]]:
+    """Train the adapter of ``job`` (in this process, which may be one rank of a launched job) and save it to
+    ``<staging>/adapter`` from the main process. Returns the optimizer steps and the logged losses."""
+    import torch
+    from datasets import Dataset
+    from peft import PeftModel, get_peft_model
+    from transformers import PrinterCallback, set_seed
+
+    from restpg_dspy.models import load_tokenizer
+
+    config, staging = job.config, Path(job.staging)
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(Path(job.model_path))
+    set_seed(config.seed)
+    device = job.device
+    if device.startswith("cuda") and "LOCAL_RANK" in os.environ:
+        device = f"cuda:{os.environ['LOCAL_RANK']}"
+    dtype = resolve_dtype(config.dtype, device)
+    # A private copy of the base weights: LoRA layers are injected in place, and the served copy must not change.
+    model = load_causal_lm(Path(job.model_path), dtype, device)
+    if job.start_from is not None:
+        model = PeftModel.from_pretrained(model, job.start_from, is_trainable=True)
+    else:
+        model = get_peft_model(model, config.lora_config())
+    arguments = config.sft_config(
+        staging / "trainer", use_cpu=device == "cpu", bf16=dtype == torch.bfloat16 and device != "cpu"
+    )
+    trainer_class, progress_bar = _trainer_classes()
+    trainer = trainer_class(
+        model=model,
+        args=arguments,
+        train_dataset=Dataset.from_list(job.rows),
+        processing_class=tokenizer,
+        data_collator=lambda batch: _collate(batch, tokenizer.pad_token_id),
+    )
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(progress_bar())
+    trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    if trainer.is_world_process_zero():
+        model.save_pretrained(staging / "adapter")
+        (staging / "fit.json").write_text(json.dumps({"steps": trainer.state.global_step, "losses": losses}))
+    return trainer.state.global_step, losses
+
+
+def _fit_in_processes(job: TrainingJobSpec) -> tuple[int, list[float]]:
+    """Run :func:`fit` in ``num_processes`` launched processes; their output goes to ``<staging>/launch.log``."""
+    import subprocess
+    import sys
+
+    config, staging = job.config, Path(job.staging)
+    spec = staging / "job.json"
+    job.save(spec)
+    worker = ["-m", "restpg_dspy.finetune", str(spec)]
+    if config.accelerate_config:
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config.accelerate_config]
+        command += ["--num_processes", str(config.num_processes), *worker]
+    else:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+        command += ["--nproc_per_node", str(config.num_processes), *worker]
+    log = staging / "launch.log"
+    with log.open("w") as out:
+        finished = subprocess.run(
+            command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        )
+    if finished.returncode != 0 or not (staging / "fit.json").exists():
+        tail = log.read_text()[-3000:]
+        if "NonFiniteLossError" in tail:
+            raise NonFiniteLossError("the training loss was not finite in a launched process; no adapter was published")
+        raise RuntimeError(f"the launched training ({' '.join(command[1:4])} ...) failed; its output ends:\n{tail}")
+    result = json.loads((staging / "fit.json").read_text())
+    return result["steps"], result["losses"]
+
+
+if __name__ == "__main__":  # one process of a launched multi-process training
+    import sys
+
+    fit(TrainingJobSpec.load(Path(sys.argv[1])))

@@ -198,3 +198,22 @@ def test_non_finite_loss_publishes_nothing(tiny_lm, tmp_path):
     with pytest.raises(NonFiniteLossError, match="no adapter was published"):
         train(tiny_lm, [chat("Largest animal?")] * 4, tmp_path, learning_rate=1e30, max_grad_norm=1e30, max_steps=6)
     assert [p for p in out.iterdir()] == []
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one_with_the_same_global_batch(tiny_lm, tmp_path):
+    rows = [
+        chat(q, a)
+        for q, a in [
+            ("Largest animal?", "blue whale"),
+            ("Fastest bird?", "peregrine falcon"),
+            ("Tallest tree?", "coast redwood"),
+            ("Oldest tree?", "bristlecone pine"),
+        ]
+    ]
+    common = {"lora_dropout": 0.0, "max_steps": 3, "learning_rate": 1e-2, "r": 4}
+    one, _ = train(tiny_lm, rows, tmp_path / "one", per_device_train_batch_size=4, **common)
+    two, _ = train(tiny_lm, rows, tmp_path / "two", per_device_train_batch_size=2, num_processes=2, **common)
+    assert two.log["steps"] == one.log["steps"] == 3
+    assert two.log["losses"] == pytest.approx(one.log["losses"], rel=1e-3)
+    assert one.log["losses"][-1] < one.log["losses"][0]  # the steps really trained
