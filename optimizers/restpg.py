@@ -41,7 +41,6 @@ import dspy
 from dspy.teleprompt import Teleprompter
 from tqdm.auto import tqdm
 
-from restpg_dspy.engine import LocalEngine
 from restpg_dspy.errors import UsageError
 from restpg_dspy.evals.metrics import metric_identity
 from restpg_dspy.optimizers.run_dir import RunDir
@@ -58,6 +57,7 @@ from restpg_dspy.optimizers.traces import (
 )
 from restpg_dspy.programs.signatures import HindsightReasoning
 from restpg_dspy.programs.writers import check_token_budget
+from restpg_dspy.serving import serving_engine
 
 logger = logging.getLogger(__name__)
 
@@ -623,8 +623,8 @@ def _single_lm(lms: dict[str, dspy.LM]) -> dspy.LM:
 
 
 def _restore_lm(base: dspy.LM, done: dict[str, Any]) -> dspy.LM:
-    engine = getattr(base, "engine", None)
-    if isinstance(engine, LocalEngine) and done.get("adapter"):
+    engine = serving_engine(base)
+    if engine is not None and done.get("adapter"):
         # The id is the adapter's content hash as computed today (a run written by an older hash stays servable).
         return base.copy(model=engine.register_adapter(done["adapter"]))
     return base.copy(model=done["model"])

@@ -17,12 +17,12 @@ from typing import Any
 
 import dspy
 
-from restpg_dspy.engine import LocalEngine
 from restpg_dspy.errors import UsageError
 from restpg_dspy.programs.adapter import CompletionAdapter
 from restpg_dspy.programs.profile import ProfileFormatter
 from restpg_dspy.programs.signatures import PersonalizedResponse, PersonalReasoning, PlainResponse, ProfileResponse
 from restpg_dspy.retrieval import BM25, Retriever
+from restpg_dspy.serving import serving_engine
 from restpg_dspy.tasks import TASKS, TaskFormat, detect_task
 
 # Tokens kept free in a local model's context for instructions, the request and the reasoning (at most a quarter
@@ -92,12 +92,12 @@ class PersonalizedProgram(dspy.Module):
     def render_profile(self, items: list[dict[str, Any]], task: TaskFormat) -> str:
         """The prompt section for ``items``, counted in the student model's tokens when it is local."""
         lm = next((p.lm for p in self.predictors() if p.lm is not None), None) or dspy.settings.lm
-        engine = getattr(lm, "engine", None)
-        if isinstance(engine, LocalEngine):
-            context = engine.loaded.context_length
+        engine = serving_engine(lm)
+        if engine is not None:
+            context = engine.context_length
             budgets = [self.budget(p) or lm.kwargs.get("max_tokens") or 0 for p in self.predictors()]
             room = context - max(budgets, default=0) - min(_CONTEXT_RESERVE, context // 4)
-            return self.formatter.render(items, task, engine.loaded.tokenizer, budget=max(room, 0))
+            return self.formatter.render(items, task, engine.tokenizer, budget=max(room, 0))
         return self.formatter.render(items, task)
 
     def predict(self, predictor: dspy.Predict, **inputs: Any) -> dspy.Prediction:

@@ -194,6 +194,16 @@ class LocalEngine:
         """Model id of the base weights, e.g. ``local/SmolLM2-135M-Instruct-1a2b3c4d``."""
         return self.loaded.model_id
 
+    @property
+    def tokenizer(self) -> Any:
+        """The served model's tokenizer."""
+        return self.loaded.tokenizer
+
+    @property
+    def context_length(self) -> int:
+        """The most tokens a prompt and its completion may hold together."""
+        return self.loaded.context_length
+
     def register_adapter(self, path: str | Path) -> str:
         """Make a saved LoRA adapter servable and return its model id (base id + adapter content hash)."""
         path = Path(path).resolve()

@@ -131,3 +131,12 @@ def test_a_failing_batch_fails_its_callers_and_the_worker_serves_on(tiny_engine,
     assert not caller.is_alive(), "the caller of a failed batch was left waiting"
     assert "tokenizer crashed" in str(outcome["error"])
     assert isinstance(lm("A later, healthy prompt.", max_tokens=4)[0], str)
+
+
+def test_the_local_engine_is_an_adapter_serving_engine(tiny_lm, tiny_engine):
+    from restpg_dspy.serving import AdapterServing, serving_engine
+
+    assert isinstance(tiny_engine, AdapterServing) and serving_engine(tiny_lm) is tiny_engine
+    assert tiny_engine.context_length == tiny_engine.loaded.context_length
+    assert tiny_engine.tokenizer is tiny_engine.loaded.tokenizer
+    assert tiny_engine.adapter_path(tiny_engine.base_id) is None
