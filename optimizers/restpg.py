@@ -415,8 +415,9 @@ class RESTPG(Teleprompter):
             row["truncated"] = bool(truncated)
             row["truncated_steps"] = sorted(truncated)
             if "reasoning" in steps.values():
+                # Read from the response: a call served from DSPy's cache reports no usage of its own.
                 row["reasoning_tokens"] = sum(
-                    (entry.get("usage") or {}).get("completion_tokens") or 0
+                    getattr(getattr(entry.get("response"), "usage", None), "output_tokens", None) or 0
                     for name, lm in copies.items()
                     if steps[name] == "reasoning"
                     for entry in lm.history

@@ -347,3 +347,15 @@ print(json.dumps(program(**example.inputs().toDict()).response))
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=300)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == expected  # greedy decoding reproduces the output
+
+
+def test_samples_served_from_the_lm_cache_report_the_same_reasoning_length(writer, trainset, tmp_path):
+    optimizer(tmp_path / "first").compile(writer, trainset=trainset)
+    optimizer(tmp_path / "again").compile(writer, trainset=trainset)  # same seeds: every call comes from the cache
+
+    def lengths(run):
+        rows = [json.loads(line) for line in (run / "round_1/samples.jsonl").read_text().splitlines()]
+        return {(r["id"], r["index"]): r["reasoning_tokens"] for r in rows}
+
+    first = lengths(tmp_path / "first")
+    assert lengths(tmp_path / "again") == first and all(n > 0 for n in first.values())
