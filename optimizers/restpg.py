@@ -191,6 +191,7 @@ class RESTPG(Teleprompter):
         trainset: list[dspy.Example],
         teacher: dspy.LM | None = None,
         valset: list[dspy.Example] | None = None,
+        sampler: dspy.LM | None = None,
     ) -> dspy.Module:
         """Run the enabled stages and return the student on its best fine-tuned LM.
 
@@ -199,6 +200,9 @@ class RESTPG(Teleprompter):
             trainset: Examples with the program's inputs and ``target_field``.
             teacher: LM that writes hindsight reasoning (default: the student's LM).
             valset: Scored after every stage with ``metric``; the best stage's program is returned.
+            sampler: LM whose engine draws the E-step's samples (e.g. a faster engine on the same base weights);
+                each round's adapter, trained by the student's provider, is registered with it and sampled under the
+                id it returns. Default: the student's LM samples.
 
         Returns:
             A copy of ``student`` on the chosen LM, with ``restpg_history`` (per-stage summaries) attached.
@@ -241,9 +245,11 @@ class RESTPG(Teleprompter):
                 f"{sorted(reasoning_names)}; use a program without one (e.g. RAGWriter) or enable teacher_reasoning"
             )
         teacher = teacher or base
-        run = RunDir(
-            self.run_dir or tempfile.mkdtemp(prefix="restpg-run-"), self._config(student, base, teacher, trainset)
-        )
+        sampling_lm = self._sampling(sampler, base) if sampler is not None and self.rounds else (lambda lm: lm)
+        config = self._config(student, base, teacher, trainset)
+        if sampler is not None:
+            config["sampler_lm"] = sampler.model  # another engine draws other samples for the same seeds
+        run = RunDir(self.run_dir or tempfile.mkdtemp(prefix="restpg-run-"), config)
         train_kwargs = {"output_dir": str(run.path / "adapters"), **self.train_kwargs}
         self._log(f"{type(self).__name__} run directory: {run.path}")
 
@@ -273,7 +279,7 @@ class RESTPG(Teleprompter):
 
         for round_number in range(1, self.rounds + 1):
             stage = f"round_{round_number}"
-            samples = self._sample(program_on(current_lm), trainset, round_number, run)
+            samples = self._sample(program_on(sampling_lm(current_lm)), trainset, round_number, run)
             kept = self._select(samples)
             run.write_jsonl(f"{stage}/kept.jsonl", kept)
             entry = {"stage": stage, **self._round_stats(samples, kept)}
@@ -387,6 +393,7 @@ class RESTPG(Teleprompter):
         }
         template = without_lms(program)
         lms = predictor_lms(program)
+        model = ", ".join(sorted({lm.model for lm in lms.values()}))
         steps = {
             name: "reasoning" if output_field(p) == self.reasoning_field else "response"
             for name, p in template.named_predictors()
@@ -400,7 +407,7 @@ class RESTPG(Teleprompter):
                 n: lm.copy(temperature=self.temperature, top_p=self.top_p, seed=seed, rollout_id=seed)
                 for n, lm in lms.items()
             }
-            row: dict[str, Any] = {"id": example.id, "index": index, "seed": seed}
+            row: dict[str, Any] = {"id": example.id, "index": index, "seed": seed, "model": model}
             try:
                 prediction, trace = record(with_lms(template, copies.__getitem__), example.inputs().toDict())
             except Exception as err:
@@ -436,6 +443,27 @@ class RESTPG(Teleprompter):
         ):
             done[(row["id"], row["index"])] = row
         return [done[key] for key in sorted(done, key=lambda k: (str(k[0]), k[1]))]
+
+    @staticmethod
+    def _sampling(sampler: dspy.LM, base: dspy.LM) -> Callable[[dspy.LM], dspy.LM]:
+        """How to sample with a student LM through ``sampler``: its adapter, registered with the sampler's engine."""
+        engine, trainer = serving_engine(sampler), serving_engine(base)
+        if engine is None:
+            raise UsageError(
+                f"the sampler {sampler.model!r} cannot serve the adapters REST-PG trains; use a local engine "
+                "(restpg_dspy.lm('local:...')) on the student's base weights"
+            )
+        if trainer is None or engine.base_id != trainer.base_id:
+            raise UsageError(
+                f"the sampler serves {engine.base_id!r} but the student trains {base.model!r}: they must share "
+                "the same base weights"
+            )
+
+        def sampling_lm(lm: dspy.LM) -> dspy.LM:
+            adapter = trainer.adapter_path(lm.model)
+            return sampler.copy(model=engine.register_adapter(adapter) if adapter else engine.base_id)
+
+        return sampling_lm
 
     def _select(self, samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
         by_input: dict[str, list[dict[str, Any]]] = defaultdict(list)

@@ -6,6 +6,7 @@ import dspy
 import pytest
 from dspy.lm15 import Message, Response, ServerError, TextPart, Usage
 
+import restpg_dspy
 from restpg_dspy.data import synthetic
 from restpg_dspy.evals import LLMJudge, rouge_1, rouge_l
 from restpg_dspy.optimizers import RESTPG, SFT, ReSTEM, RunDirConflict, SFTWithReasoning
@@ -359,3 +360,25 @@ def test_samples_served_from_the_lm_cache_report_the_same_reasoning_length(write
 
     first = lengths(tmp_path / "first")
     assert lengths(tmp_path / "again") == first and all(n > 0 for n in first.values())
+
+
+def test_a_separate_sampler_draws_each_round_with_that_rounds_adapter(writer, trainset, tmp_path, tiny_model_dir):
+    sampler = restpg_dspy.lm(f"local:{tiny_model_dir}", max_batch_size=4, batch_window_ms=30.0, cache=False)
+    engine, student_engine = sampler.engine, writer.write.lm.engine
+    assert engine is not student_engine  # a second engine on the same weights
+    before = engine.stats["rows"]
+    compiled = optimizer(tmp_path, rounds=2).compile(writer, trainset=trainset, sampler=sampler)
+    history = {entry["stage"]: entry for entry in compiled.restpg_history}
+    for round_number, trained_by in ((1, "sft"), (2, "round_1")):
+        rows = [
+            json.loads(line) for line in (tmp_path / f"round_{round_number}/samples.jsonl").read_text().splitlines()
+        ]
+        assert {row["model"] for row in rows} == {history[trained_by]["model"]}  # the previous stage's adapter
+        assert engine.adapter_path(history[trained_by]["model"]) is not None
+    assert engine.stats["rows"] - before == 2 * 3 * len(trainset) * 2  # rounds x samples x inputs x predictors
+    assert json.loads((tmp_path / "config.json").read_text())["sampler_lm"] == sampler.model
+
+
+def test_a_sampler_that_cannot_serve_adapters_is_refused(writer, trainset, tmp_path):
+    with pytest.raises(ValueError, match="cannot serve the adapters REST-PG trains"):
+        optimizer(tmp_path).compile(writer, trainset=trainset, sampler=dspy.LM("openai/gpt-4o-mini"))
