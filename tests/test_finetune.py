@@ -217,3 +217,19 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tiny_lm, tmp_pa
     assert two.log["steps"] == one.log["steps"] == 3
     assert two.log["losses"] == pytest.approx(one.log["losses"], rel=1e-3)
     assert one.log["losses"][-1] < one.log["losses"][0]  # the steps really trained
+
+
+@pytest.mark.slow
+def test_an_accelerate_config_launches_the_training_through_accelerate(tiny_lm, tmp_path):
+    config = tmp_path / "accelerate.yaml"
+    config.write_text(
+        "compute_environment: LOCAL_MACHINE\ndistributed_type: 'NO'\nnum_machines: 1\nnum_processes: 1\n"
+        "use_cpu: true\nmixed_precision: 'no'\n"
+    )
+    rows = [chat("Largest animal?")] * 4
+    common = {"lora_dropout": 0.0, "max_steps": 2, "learning_rate": 1e-2, "r": 4}
+    here, tuned_here = train(tiny_lm, rows, tmp_path / "here", **common)
+    launched, tuned_launched = train(tiny_lm, rows, tmp_path / "launched", accelerate_config=str(config), **common)
+    assert launched.log["config"]["accelerate_config"] == str(config)
+    assert launched.log["losses"] == pytest.approx(here.log["losses"], rel=1e-4)
+    assert tuned_launched.model == tuned_here.model  # the same adapter, trained in the launched process
