@@ -88,8 +88,7 @@ class EvaluationResult:
         metrics: Metric names, in order.
         cached_predictions: How many predictions came from the cache.
         cached_scores: How many metric values came from the cache.
-        recomputed_corrupt: Cache entries that were unreadable (or failures cached by an older version) and were
-            computed again.
+        recomputed_corrupt: Cache entries that were unreadable, or cached failures, and were computed again.
     """
 
     program_fingerprint: str
@@ -220,7 +219,7 @@ def evaluate(
             with counts_lock:
                 counts[kind] += 1
             return result
-        if result is not None:  # a failure an older version cached: tried again
+        if result is not None:  # a cached failure (an older version, or cache_failures=True): tried again
             with counts_lock:
                 store.corrupt += 1
         try:

@@ -60,10 +60,12 @@ def metric_key(metric: Any) -> str:
 
 
 def _jsonable(value: Any) -> Any:
+    import dspy
+
     from restpg_dspy.backends import lm_identity
 
     def default(item: Any) -> Any:
-        if hasattr(item, "model") and hasattr(item, "kwargs"):  # a dspy.LM
+        if isinstance(item, dspy.BaseLM):
             return lm_identity(item)
         return metric_identity(item) if callable(item) else type(item).__qualname__
 

@@ -73,12 +73,6 @@ class Completion:
     scores: list[TokenScore] | None = None
 
 
-def _generator(seed: int, device: torch.device) -> torch.Generator:
-    generator = torch.Generator(device=device)
-    generator.manual_seed(seed)
-    return generator
-
-
 def _choose_tokens(
     logits: torch.Tensor,
     params: list[SamplingParams],
@@ -216,7 +210,7 @@ def generate(
         attention, positions, logits = attention[rows], positions[rows], logits[rows]
 
     seeds = [p.seed if p.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1 for p in params]
-    generators = [_generator(seed, device) for seed in seeds] if device.type == "cpu" else None
+    generators = [torch.Generator(device=device).manual_seed(seed) for seed in seeds] if device.type == "cpu" else None
     tokens: list[list[int]] = [[] for _ in prompts]
     scores: list[list[TokenScore] | None] = [[] if p.logprobs is not None else None for p in params]
     finish = ["length"] * len(prompts)

@@ -46,6 +46,9 @@ class FaultyOpenAI:
         seed: int = 0,
         slow_s: float = 1.5,
     ):
+        unknown = set(faults or {}) - set(FAULTS)
+        if unknown:
+            raise ValueError(f"unknown faults {sorted(unknown)}; known: {list(FAULTS)}")
         self.answer = answer
         self.faults = dict(faults or {})
         self.slow_s = slow_s

@@ -21,19 +21,9 @@ from pathlib import Path
 
 import pytest
 
+from restpg_dspy.optimizers.run_dir import read_jsonl
+
 pytestmark = pytest.mark.slow
-
-
-def lines(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut by the kill
-            continue
-    return rows
 
 
 def prediction_count(cache: Path) -> int:
@@ -67,21 +57,21 @@ def run(argv: list[str], cache: Path, kill_when=None) -> bool:
 
 
 def compile_state(run_dir: Path) -> dict:
-    samples = lines(run_dir / "round_1/samples.jsonl")
-    notes = lines(run_dir / "teacher_reasoning.jsonl")
+    samples = read_jsonl(run_dir / "round_1/samples.jsonl")
+    notes = read_jsonl(run_dir / "teacher_reasoning.jsonl")
     program = json.loads((run_dir / "program.json").read_text())
     return {
         "notes": {row["id"]: row.get("reasoning") for row in notes},
         "samples": {(row["id"], row["index"]): (row["seed"], row["reward"], row["trace"]) for row in samples},
         "models": [json.loads((run_dir / f"{stage}/model.json").read_text())["model"] for stage in ("sft", "round_1")],
-        "kept": lines(run_dir / "round_1/kept.jsonl"),
+        "kept": read_jsonl(run_dir / "round_1/kept.jsonl"),
         "program_models": sorted(set(_values(program, "model"))),
     }
 
 
 def duplicated(run_dir: Path) -> int:
-    notes = Counter(row["id"] for row in lines(run_dir / "teacher_reasoning.jsonl"))
-    samples = Counter((row["id"], row["index"]) for row in lines(run_dir / "round_1/samples.jsonl"))
+    notes = Counter(row["id"] for row in read_jsonl(run_dir / "teacher_reasoning.jsonl"))
+    samples = Counter((row["id"], row["index"]) for row in read_jsonl(run_dir / "round_1/samples.jsonl"))
     return sum(n - 1 for n in notes.values()) + sum(n - 1 for n in samples.values())
 
 
@@ -108,12 +98,12 @@ def config(tiny_model_dir, tmp_path_factory) -> Path:
 
 
 KILL_POINTS = {
-    "teacher reasoning": lambda d: len(lines(d / "teacher_reasoning.jsonl")) >= 3,
+    "teacher reasoning": lambda d: len(read_jsonl(d / "teacher_reasoning.jsonl")) >= 3,
     "SFT M-step (training)": lambda d: (
         any((d / "adapters").glob(".training-*")) and not (d / "sft/model.json").exists()
     ),
     "right after SFT M-step": lambda d: (d / "sft/model.json").exists(),
-    "round 1 sampling": lambda d: len(lines(d / "round_1/samples.jsonl")) >= 3,
+    "round 1 sampling": lambda d: len(read_jsonl(d / "round_1/samples.jsonl")) >= 3,
     "round 1 M-step (training)": lambda d: (
         (d / "round_1/rows.jsonl").exists() and any((d / "adapters").glob(".training-*"))
     ),
@@ -130,7 +120,9 @@ def test_killed_compiles_and_evaluations_resume_to_the_uninterrupted_state(confi
     for point, reached in KILL_POINTS.items():
         run_dir, cache = tmp_path / point.replace(" ", "_"), tmp_path / f"{point.replace(' ', '_')}-cache"
         assert run(command(config, run_dir, *compile_args), cache, lambda d=run_dir, r=reached: r(d))
-        at_kill = len(lines(run_dir / "teacher_reasoning.jsonl")) + len(lines(run_dir / "round_1/samples.jsonl"))
+        at_kill = len(read_jsonl(run_dir / "teacher_reasoning.jsonl")) + len(
+            read_jsonl(run_dir / "round_1/samples.jsonl")
+        )
         trained = sum((run_dir / f"{stage}/model.json").exists() for stage in ("sft", "round_1"))
         run(command(config, run_dir, *compile_args), cache)
         state = compile_state(run_dir)
@@ -151,7 +143,7 @@ def test_killed_compiles_and_evaluations_resume_to_the_uninterrupted_state(confi
     )
     cached_at_kill = prediction_count(killed / "cache")
     run(command(config, killed, *evaluate_args), tmp_path / "eval-cache")
-    expected, resumed = lines(eval_reference / "evaluation.jsonl"), lines(killed / "evaluation.jsonl")
+    expected, resumed = read_jsonl(eval_reference / "evaluation.jsonl"), read_jsonl(killed / "evaluation.jsonl")
     table.append(
         (
             "evaluation",
