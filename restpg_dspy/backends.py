@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,9 @@ from restpg_dspy.errors import UsageError
 from restpg_dspy.finetune import PEFTProvider
 
 LOCAL_PREFIX = "local:"
+VLLM_PREFIX = "vllm:"
+VLLM_SERVER_PREFIX = "vllm-server:"
 ORACLE = "oracle"
-_ENGINE_SETTINGS = ("dtype", "device", "max_batch_size", "batch_window_ms", "default_max_tokens")
 # Settings that never change what an LM answers: per-call sampling ids and credentials (never written anywhere).
 _UNSCORED_SETTINGS = ("rollout_id", "api_key", "api_base", "base_url", "headers", "extra_headers")
 
@@ -56,19 +58,22 @@ def lm(
 
     Args:
         spec: ``"local"`` serves the embedded SmolLM2-135M-Instruct; ``"local:<folder or hf id>"`` serves any
-            causal LM with a chat template (trainable with LoRA through ``lm.finetune``); anything else is passed to
-            ``dspy.LM`` (LiteLLM / native providers), e.g. ``"openai/gpt-4o-mini"``.
+            causal LM with a chat template (trainable with LoRA through ``lm.finetune``); ``"vllm:<folder, hf id or
+            'local'>"`` samples through vLLM in this process (:class:`~restpg_dspy.vllm_engine.VLLMEngine`);
+            ``"vllm-server:<url>"`` through a running ``vllm serve`` (pass ``model=`` the folder it serves,
+            :class:`~restpg_dspy.vllm_server.VLLMServerEngine`); ``"oracle"`` (or ``"oracle:<noise>"``) is the oracle
+            teacher of the ``implicit_choice`` task (:func:`restpg_dspy.data.oracle_teacher`), standing in for a large
+            teacher LM offline; anything else is passed to ``dspy.LM`` (LiteLLM / native providers), e.g.
+            ``"openai/gpt-4o-mini"``. vLLM backends sample but do not train: pass them to REST-PG as ``sampler=``.
         temperature: Default sampling temperature.
         max_tokens: Default token budget per completion (long-form tasks such as LongLaMP abstracts may want 512).
-        adapter: For local backends, the folder of a saved LoRA adapter to serve on top of the base model.
-        **kwargs: For local backends, engine settings (``dtype``, ``device``, ``max_batch_size``,
-            ``batch_window_ms``, ``default_max_tokens``) and any ``dspy.LM`` keyword (``cache``, ...);
-            for other backends, ``dspy.LM`` keywords. ``"oracle"`` (or ``"oracle:<noise>"``) is the oracle teacher of
-            the ``implicit_choice`` task (:func:`restpg_dspy.data.oracle_teacher`), standing in for a large teacher
-            LM offline.
+        adapter: For backends that serve adapters, the folder of a saved LoRA adapter to serve on the base model.
+        **kwargs: The engine's settings (for ``local``: ``dtype``, ``device``, ``max_batch_size``,
+            ``batch_window_ms``, ``default_max_tokens``; for vLLM: see its engine class) and any ``dspy.LM`` keyword
+            (``cache``, ...); for API backends, ``dspy.LM`` keywords.
 
     Returns:
-        A ``dspy.LM``. Local LMs with the same model and engine settings share one loaded model.
+        A ``dspy.LM``. LMs with the same backend, model and engine settings share one engine (one loaded model).
     """
     if spec == ORACLE or spec.startswith(f"{ORACLE}:"):
         from restpg_dspy.data.oracle import oracle_teacher
@@ -78,18 +83,35 @@ def lm(
             return oracle_teacher(noise=float(noise) if noise else 0.0)
         except ValueError as err:
             raise UsageError(f"backend {spec!r}: 'oracle:<noise>' takes a fraction in [0, 1] ({err})") from None
-    if spec != "local" and not spec.startswith(LOCAL_PREFIX):
+    if spec.startswith(VLLM_SERVER_PREFIX):
+        from restpg_dspy.vllm_server import VLLMServerEngine
+
+        url = spec.removeprefix(VLLM_SERVER_PREFIX)
+        engine = VLLMServerEngine.shared(url, **_engine_settings(VLLMServerEngine, kwargs))
+        extra = {}
+    elif spec.startswith(VLLM_PREFIX):
+        from restpg_dspy.vllm_engine import VLLMEngine
+
+        engine = VLLMEngine.shared(spec.removeprefix(VLLM_PREFIX) or "local", **_engine_settings(VLLMEngine, kwargs))
+        extra = {}
+    elif spec == "local" or spec.startswith(LOCAL_PREFIX):
+        engine = LocalEngine.shared(spec.removeprefix(LOCAL_PREFIX) or "local", **_engine_settings(LocalEngine, kwargs))
+        extra = {"provider": PEFTProvider(engine)}
+    else:
         if adapter is not None:
-            raise UsageError(f"adapter= needs a local backend ('local' or 'local:<path>'), not {spec!r}")
+            raise UsageError(f"adapter= needs a backend that serves adapters ('local...' or 'vllm:...'), not {spec!r}")
         return dspy.LM(spec, temperature=temperature, max_tokens=max_tokens, **kwargs)
-    model = spec.removeprefix(LOCAL_PREFIX) or "local"
-    settings = {key: kwargs.pop(key) for key in _ENGINE_SETTINGS if key in kwargs}
-    engine = LocalEngine.shared(model, **settings)
     return dspy.LM(
         engine.register_adapter(adapter) if adapter is not None else engine.base_id,
         engine=engine,
-        provider=PEFTProvider(engine),
         temperature=temperature,
         max_tokens=max_tokens,
+        **extra,
         **kwargs,
     )
+
+
+def _engine_settings(engine_class: type, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Move the engine's own settings (its keyword-only arguments) out of ``kwargs``."""
+    names = [n for n, p in inspect.signature(engine_class).parameters.items() if p.kind == p.KEYWORD_ONLY]
+    return {name: kwargs.pop(name) for name in names if name in kwargs}

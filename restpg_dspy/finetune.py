@@ -34,9 +34,9 @@ from typing import TYPE_CHECKING, Any
 
 from dspy.clients.provider import Provider, TrainingJob
 
-from restpg_dspy.engine import adapter_hash, default_adapter_root
 from restpg_dspy.errors import UsageError
 from restpg_dspy.models import accepts_logits_to_keep, load_causal_lm, resolve_dtype
+from restpg_dspy.serving import adapter_hash, default_adapter_root
 from restpg_dspy.training_data import tokenize_rows, validate_rows
 
 if TYPE_CHECKING:

@@ -248,7 +248,10 @@ def _forward_accepts(model_class: type, name: str) -> bool:
     return name in inspect.signature(model_class.forward).parameters
 
 
-def _display_name(spec: str, path: Path) -> str:
+def weights_name(spec: str, path: Path) -> str:
+    """A readable name for the weights ``spec`` resolved to: the embedded model's name, or the folder/repo name."""
+    if spec == EMBEDDED:
+        return EMBEDDED_NAME
     return path.name if Path(spec).expanduser().is_dir() else spec.rstrip("/").split("/")[-1]
 
 
@@ -271,6 +274,6 @@ def load_model(spec: str, *, dtype: str = "auto", device: str = "auto") -> Loade
             torch_dtype = resolve_dtype(dtype, device)
             tokenizer = load_tokenizer(path)
             model = load_causal_lm(path, torch_dtype, device).eval()
-            name = EMBEDDED_NAME if spec == EMBEDDED else _display_name(spec, path)
+            name = weights_name(spec, path)
             _LOADED[key] = LoadedModel(path, name, model_fingerprint(path), model, tokenizer, device, torch_dtype)
         return _LOADED[key]

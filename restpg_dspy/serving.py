@@ -2,7 +2,8 @@
 
 Programs count prompts in the served model's tokens, and the optimizer registers each adapter it trains (or finds in
 a run directory) and samples with the returned model id. They ask only for what :class:`AdapterServing` names, so the
-local engine and other engines are equals.
+local engine, vLLM and a future engine are equals. :class:`QueuedEngine` is what the engines share: DSPy's engine
+interface, the adapter registry and a worker thread that decodes the queued requests.
 
 Example:
     >>> import dspy
@@ -13,8 +14,64 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+import json
+import queue
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
+
+from dspy.lm15 import (
+    ContextLengthError,
+    Message,
+    Response,
+    TextPart,
+    TokenLogprob,
+    TopLogprob,
+    UnsupportedFeatureError,
+    UnsupportedModelError,
+    Usage,
+    response_to_events,
+)
+
+from restpg_dspy.generation import Completion, SamplingParams
+from restpg_dspy.models import home
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+ADAPTER_TAG = "+lora-"
+
+# PEFT writes these set-valued settings in set order, which changes from process to process.
+_UNORDERED_CONFIG_KEYS = ("target_modules", "exclude_modules", "modules_to_save")
+
+
+def adapter_hash(path: Path) -> str:
+    """Content hash of a saved LoRA adapter (its config, in a canonical form, and its weights), 12 hex digits.
+
+    The same weights and settings give the same hash in every process, so ids and caches carry across runs.
+    """
+    digest = hashlib.sha256()
+    for name in ADAPTER_FILES:
+        file = path / name
+        if not file.exists():
+            raise FileNotFoundError(f"{path} is not a saved adapter: {name} is missing")
+        content = file.read_bytes()
+        if name.endswith(".json"):
+            config = json.loads(content)
+            for key in _UNORDERED_CONFIG_KEYS:
+                if isinstance(config.get(key), list):
+                    config[key] = sorted(config[key])
+            content = json.dumps(config, sort_keys=True).encode()
+        digest.update(name.encode())
+        digest.update(content)
+    return digest.hexdigest()[:12]
+
+
+def default_adapter_root() -> Path:
+    """Where adapters are published when no output folder is given: ``<home>/adapters``."""
+    return home() / "adapters"
 
 
 @runtime_checkable
@@ -22,13 +79,18 @@ class AdapterServing(Protocol):
     """An engine serving a base model and LoRA adapters on it, each under a model id naming its weights.
 
     Attributes:
-        base_id: Model id of the base weights.
+        base_id: Model id of the base weights, ``<engine>/<weights_id>``: two engines give different ids (their
+            samples for one seed differ), so DSPy's cache never hands one engine's sample to the other.
+        weights_id: The base weights alone (name and content fingerprint), equal across engines.
         tokenizer: The served model's tokenizer (prompts are budgeted in its tokens).
         context_length: The most tokens a prompt and its completion may hold together.
     """
 
     @property
     def base_id(self) -> str: ...
+
+    @property
+    def weights_id(self) -> str: ...
 
     @property
     def tokenizer(self) -> Any: ...
@@ -44,8 +106,228 @@ class AdapterServing(Protocol):
         """The adapter folder behind ``model_id`` (``None`` for the base weights)."""
         ...
 
+    def served_name(self, model_id: str) -> str | None:
+        """The name the engine serves ``model_id``'s adapter under (``None`` for the base weights)."""
+        ...
+
+    def unload_adapter(self, model_id: str) -> None:
+        """Free what serving ``model_id``'s adapter holds; registering it again serves it anew."""
+        ...
+
 
 def serving_engine(lm: Any) -> AdapterServing | None:
     """The adapter-serving engine behind a ``dspy.LM``, or ``None`` for an API model."""
     engine = getattr(lm, "engine", None)
     return engine if isinstance(engine, AdapterServing) else None
+
+
+@dataclass
+class Job:
+    """One queued completion: which weights, the chat-formatted prompt's token ids, how to decode it."""
+
+    model_id: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    future: Future
+
+
+_SHARED: dict[tuple, QueuedEngine] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+class QueuedEngine:
+    """DSPy's engine interface over a worker thread that decodes queued :class:`Job` s; engines subclass it.
+
+    DSPy 3.4 calls ``complete(request)`` once per candidate, from whichever thread runs the program; each call
+    queues a job and waits for its :class:`~restpg_dspy.generation.Completion`. Subclasses say what the base weights
+    are (``_base_prefix``, ``weights_id``, ``tokenizer``, ``context_length``) and decode jobs in ``_serve``.
+    Adapters are registered by content hash; a subclass may load them eagerly in ``_load_adapter``.
+
+    Args:
+        default_max_tokens: Token budget when a request sets none.
+    """
+
+    _base_prefix = "engine"
+    _worker_name = "restpg-engine"
+
+    def __init__(self, *, default_max_tokens: int):
+        self.default_max_tokens = default_max_tokens
+        self.adapters: dict[str, Path] = {}
+        self._queue: queue.Queue[Job] = queue.Queue()
+        self._worker: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self._tokenize_lock = threading.Lock()
+
+    @classmethod
+    def shared(cls, source: str = "local", /, **settings: Any) -> QueuedEngine:
+        """Return the process-wide engine of this class for ``source`` (a model, a server) and these settings,
+        creating it on first use."""
+        options = {n: p.default for n, p in inspect.signature(cls).parameters.items() if p.kind == p.KEYWORD_ONLY}
+        unknown = sorted(set(settings) - set(options))
+        if unknown:
+            raise TypeError(f"unknown {cls.__name__} settings {unknown}; known: {sorted(options)}")
+        key = (cls, source, json.dumps({**options, **settings}, sort_keys=True, default=str))
+        with _SHARED_LOCK:
+            engine = _SHARED.get(key)
+        if engine is None:
+            engine = cls(source, **settings)
+            with _SHARED_LOCK:
+                engine = _SHARED.setdefault(key, engine)
+        return engine
+
+    def __deepcopy__(self, memo: dict) -> QueuedEngine:
+        # An engine is a shared service (loaded weights, a worker thread): program copies share it.
+        return self
+
+    @property
+    def weights_id(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def tokenizer(self) -> Any:
+        raise NotImplementedError
+
+    @property
+    def context_length(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def base_id(self) -> str:
+        """Model id of the base weights, e.g. ``local/SmolLM2-135M-Instruct-1a2b3c4d``."""
+        return f"{self._base_prefix}/{self.weights_id}"
+
+    def register_adapter(self, path: str | Path) -> str:
+        """Make a saved LoRA adapter servable and return its model id (base id + adapter content hash)."""
+        path = Path(path).resolve()
+        model_id = f"{self.base_id}{ADAPTER_TAG}{adapter_hash(path)}"
+        if self.adapters.get(model_id) != path:
+            self._load_adapter(model_id, path)
+            self.adapters[model_id] = path
+        return model_id
+
+    def adapter_path(self, model_id: str) -> Path | None:
+        """The adapter folder behind ``model_id`` (``None`` for the base weights).
+
+        Ids not registered in this process are looked up in the default adapter folder, so a model id
+        saved earlier resolves in a new process.
+
+        Raises:
+            UnsupportedModelError: the id names other base weights or an adapter that cannot be found.
+        """
+        if model_id == self.base_id:
+            return None
+        if model_id in self.adapters:
+            return self.adapters[model_id]
+        base, tag, digest = model_id.partition(ADAPTER_TAG)
+        if base == self.base_id and tag:
+            for candidate in default_adapter_root().glob(f"*{digest}"):
+                if candidate.is_dir() and adapter_hash(candidate) == digest:
+                    self.register_adapter(candidate)
+                    return candidate
+            raise UnsupportedModelError(
+                f"adapter {digest} of {base} is not registered and not in {default_adapter_root()}; "
+                "call engine.register_adapter(path)"
+            )
+        raise UnsupportedModelError(f"model {model_id!r} is not served by this engine (base {self.base_id})")
+
+    def served_name(self, model_id: str) -> str | None:
+        """The name the engine serves ``model_id``'s adapter under (``None`` for the base weights)."""
+        return None if self.adapter_path(model_id) is None else f"lora_{model_id.partition(ADAPTER_TAG)[2]}"
+
+    def unload_adapter(self, model_id: str) -> None:
+        """Forget ``model_id``'s adapter; a later request for it loads it again."""
+        self.adapters.pop(model_id, None)
+
+    def _load_adapter(self, model_id: str, path: Path) -> None:
+        """Hook run when an adapter is registered (or moved); raise to refuse it before any request uses it."""
+
+    # --- DSPy engine interface -------------------------------------------------------------------------
+
+    def complete(self, request: Any) -> Response:
+        """Generate one completion for a ``dspy.lm15.Request`` (called by ``dspy.LM``, possibly from many threads)."""
+        if request.tools:
+            raise UnsupportedFeatureError(f"models served by {type(self).__name__} do not support tool calling")
+        self.adapter_path(request.model)  # refuse unknown ids in the caller's thread
+        config = request.config
+        params = SamplingParams(
+            max_tokens=config.max_tokens or self.default_max_tokens,
+            temperature=config.temperature or 0.0,
+            top_p=config.top_p if config.top_p is not None else 1.0,
+            top_k=config.top_k or 0,
+            stop=tuple(config.stop or ()),
+            seed=config.seed,
+            logprobs=config.logprobs,
+        )
+        with self._tokenize_lock:  # a fast tokenizer refuses concurrent use ("Already borrowed")
+            prompt_ids = self.tokenizer(self._render(request), add_special_tokens=False)["input_ids"]
+        room = self.context_length - len(prompt_ids)
+        if room < 1:
+            raise ContextLengthError(
+                f"prompt of {len(prompt_ids)} tokens does not fit the model's context of {self.context_length}"
+            )
+        job = Job(request.model, prompt_ids, replace(params, max_tokens=min(params.max_tokens, room)), Future())
+        return self._response(request.model, self._decode(job))
+
+    def stream(self, request: Any):
+        """Stream a completion as one block (generation is batched, not incremental)."""
+        return response_to_events(self.complete(request))
+
+    def close(self) -> None:
+        """Engines are shared by every LM on the same model; nothing is released per LM."""
+
+    # --- worker ------------------------------------------------------------------------------------------
+
+    def _decode(self, job: Job) -> Completion:
+        """Queue ``job`` for the worker thread and wait for its completion."""
+        self._ensure_worker()
+        self._queue.put(job)
+        return job.future.result()
+
+    def _serve(self) -> None:
+        """Take jobs from ``self._queue`` forever and resolve each job's future."""
+        raise NotImplementedError
+
+    def _render(self, request: Any) -> str:
+        messages = []
+        if request.system:
+            system = request.system if isinstance(request.system, str) else "".join(p.text for p in request.system)
+            messages.append({"role": "system", "content": system})
+        for message in request.messages:
+            role = "system" if message.role == "developer" else message.role
+            messages.append({"role": role, "content": message.text or ""})
+        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def _ensure_worker(self) -> None:
+        with self._start_lock:
+            if self._worker is None or not self._worker.is_alive():
+                self._worker = threading.Thread(target=self._serve, name=self._worker_name, daemon=True)
+                self._worker.start()
+
+    @staticmethod
+    def _fail(jobs: list[Job], error: BaseException) -> None:
+        """Every waiting caller of ``jobs`` gets ``error`` instead of hanging."""
+        for job in jobs:
+            if not job.future.done():
+                job.future.set_exception(error)
+
+    def _response(self, model_id: str, completion: Completion) -> Response:
+        tokenizer = self.tokenizer
+        logprobs = None
+        if completion.scores is not None:
+            logprobs = tuple(
+                TokenLogprob(
+                    token=tokenizer.decode([s.token_id]),
+                    logprob=s.logprob,
+                    token_id=s.token_id,
+                    top=tuple(TopLogprob(tokenizer.decode([t]), lp, token_id=t) for t, lp in s.top),
+                )
+                for s in completion.scores
+            )
+        return Response(
+            id=None,
+            model=model_id,
+            message=Message.assistant([TextPart(completion.text)]),
+            finish_reason=completion.finish_reason,
+            usage=Usage(input_tokens=completion.prompt_tokens, output_tokens=len(completion.token_ids)),
+            logprobs=logprobs,
+        )

@@ -103,7 +103,7 @@ def test_engine_state_round_trips(tiny_engine):
 def test_api_backends_pass_through_to_dspy():
     lm = restpg_dspy.lm("openai/gpt-4o-mini", temperature=0.3)
     assert isinstance(lm, dspy.LM) and lm.model == "openai/gpt-4o-mini" and lm.kwargs["temperature"] == 0.3
-    with pytest.raises(ValueError, match="adapter= needs a local backend"):
+    with pytest.raises(ValueError, match="adapter= needs a backend that serves adapters"):
         restpg_dspy.lm("openai/gpt-4o-mini", adapter="/tmp/x")
 
 
@@ -111,17 +111,17 @@ def test_a_failing_batch_fails_its_callers_and_the_worker_serves_on(tiny_engine,
     lm = restpg_dspy.lm(f"local:{tiny_model_dir}", batch_window_ms=50.0, default_max_tokens=16, cache=False)
     run = tiny_engine._run
 
-    def tokenizer_crash(model_id, jobs):
-        if any("poison" in job.prompt for job in jobs):
-            raise RuntimeError("tokenizer crashed")
+    def generation_crash(model_id, jobs):
+        if any(job.params.max_tokens == 3 for job in jobs):  # the poisoned request's mark
+            raise RuntimeError("generation crashed")
         return run(model_id, jobs)
 
-    monkeypatch.setattr(tiny_engine, "_run", tokenizer_crash)
+    monkeypatch.setattr(tiny_engine, "_run", generation_crash)
     outcome = {}
 
     def call():
         try:
-            outcome["result"] = lm("A poison prompt.", max_tokens=4)
+            outcome["result"] = lm("A poison prompt.", max_tokens=3)
         except Exception as err:
             outcome["error"] = err
 
@@ -129,7 +129,7 @@ def test_a_failing_batch_fails_its_callers_and_the_worker_serves_on(tiny_engine,
     caller.start()
     caller.join(timeout=60)
     assert not caller.is_alive(), "the caller of a failed batch was left waiting"
-    assert "tokenizer crashed" in str(outcome["error"])
+    assert "generation crashed" in str(outcome["error"])
     assert isinstance(lm("A later, healthy prompt.", max_tokens=4)[0], str)
 
 

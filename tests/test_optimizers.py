@@ -373,8 +373,11 @@ def test_a_separate_sampler_draws_each_round_with_that_rounds_adapter(writer, tr
         rows = [
             json.loads(line) for line in (tmp_path / f"round_{round_number}/samples.jsonl").read_text().splitlines()
         ]
-        assert {row["model"] for row in rows} == {history[trained_by]["model"]}  # the previous stage's adapter
-        assert engine.adapter_path(history[trained_by]["model"]) is not None
+        adapter_id = history[trained_by]["model"]
+        assert {row["model"] for row in rows} == {adapter_id}  # the previous stage's adapter
+        served_as = history[f"round_{round_number}"]["sampled_with"]
+        assert served_as == {"model": adapter_id, "served_as": f"lora_{adapter_id.rpartition('-')[2]}"}
+        assert adapter_id not in engine.adapters  # unloaded once the round's samples were drawn
     assert engine.stats["rows"] - before == 2 * 3 * len(trainset) * 2  # rounds x samples x inputs x predictors
     assert json.loads((tmp_path / "config.json").read_text())["sampler_lm"] == sampler.model
 
