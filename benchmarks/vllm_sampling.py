@@ -65,7 +65,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--kv-cache-gib", type=float, default=1.0)
+    parser.add_argument("--kv-cache-gib", type=int, default=1)
     args = parser.parse_args()
 
     examples = synthetic("train", seed=0, users=args.inputs, requests_per_user=1)[: args.inputs]

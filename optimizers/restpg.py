@@ -219,7 +219,8 @@ class RESTPG(Teleprompter):
         if not getattr(getattr(base, "provider", None), "finetunable", False):
             raise UsageError(
                 f"the student's LM {base.model!r} cannot be fine-tuned (its provider is not finetunable); use "
-                "restpg_dspy.lm('local') or an LM with a fine-tuning provider"
+                "restpg_dspy.lm('local') or an LM with a fine-tuning provider (a vLLM backend samples only: pass "
+                "it as compile(..., sampler=...))"
             )
         template = without_lms(student)
         if self.reasoning_max_tokens is not None or self.response_max_tokens is not None:

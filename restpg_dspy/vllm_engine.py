@@ -68,7 +68,7 @@ class VLLMEngine(QueuedEngine):
         max_lora_rank: Largest adapter rank servable; an adapter above it is refused when registered.
         max_loras: Adapters that may share one batch.
         max_model_len: Longest prompt + completion (default: the model's).
-        kv_cache_gib: On a CPU, the memory for the KV cache (vLLM otherwise takes a large share of the RAM).
+        kv_cache_gib: On a CPU, whole GiB for the KV cache (``None``: vLLM's default, a large share of the RAM).
         enforce_eager: Skip CUDA graphs / compilation (default: on a CPU only).
         default_max_tokens: Token budget when a request sets none.
         engine_args: Further ``vllm.LLM`` keyword arguments (``gpu_memory_utilization``, ``tensor_parallel_size``, ...).
@@ -88,11 +88,13 @@ class VLLMEngine(QueuedEngine):
         max_lora_rank: int = 16,
         max_loras: int = 2,
         max_model_len: int | None = None,
-        kv_cache_gib: float | None = 1.0,
+        kv_cache_gib: int | None = 1,
         enforce_eager: bool | None = None,
         default_max_tokens: int = 512,
         engine_args: dict[str, Any] | None = None,
     ):
+        if kv_cache_gib is not None and (not isinstance(kv_cache_gib, int) or kv_cache_gib < 1):
+            raise UsageError(f"kv_cache_gib must be a whole number of GiB, at least 1 (got {kv_cache_gib!r})")
         super().__init__(default_max_tokens=default_max_tokens)
         self.spec = model
         self.settings = {

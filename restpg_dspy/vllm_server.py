@@ -128,7 +128,7 @@ class VLLMServerEngine(QueuedEngine):
         name = f"{model_id.partition(ADAPTER_TAG)[2]}-v{next(self._versions)}"
         try:
             self._post("/load_lora_adapter", {"lora_name": name, "lora_path": str(path)})
-        except InvalidRequestError as err:
+        except (InvalidRequestError, ServerError) as err:
             raise UsageError(
                 f"the server {self.url} refused the adapter {path}: {err}. It must run with --enable-lora and "
                 "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True, and read the adapter folder at this path"

@@ -382,6 +382,31 @@ def test_a_separate_sampler_draws_each_round_with_that_rounds_adapter(writer, tr
     assert json.loads((tmp_path / "config.json").read_text())["sampler_lm"] == sampler.model
 
 
+def test_a_sampler_that_goes_down_stops_the_round_and_the_next_run_resumes(
+    writer, trainset, tmp_path, tiny_model_dir, monkeypatch
+):
+    from dspy.lm15 import TransportError
+
+    sampler = restpg_dspy.lm(f"local:{tiny_model_dir}", max_batch_size=4, batch_window_ms=30.0, cache=False)
+    sampler = sampler.copy(num_retries=0)
+
+    def down(job):
+        raise TransportError("the vLLM server at http://gpu-box:8000/v1 cannot be reached; is it running?")
+
+    monkeypatch.setattr(sampler.engine, "_decode", down)
+    with pytest.raises(RuntimeError, match=r"every sample of round_1 failed .*cannot be reached.*compile again"):
+        optimizer(tmp_path).compile(writer, trainset=trainset, sampler=sampler)
+    sft = json.loads((tmp_path / "sft/model.json").read_text())
+    sft_written = (tmp_path / "sft/model.json").stat().st_mtime_ns
+    assert not (tmp_path / "round_1/model.json").exists()
+
+    monkeypatch.undo()  # the server is back
+    compiled = optimizer(tmp_path).compile(writer, trainset=trainset, sampler=sampler)
+    history = {entry["stage"]: entry for entry in compiled.restpg_history}
+    assert history["sft"]["model"] == sft["model"] and history["round_1"]["failed"] == 0
+    assert (tmp_path / "sft/model.json").stat().st_mtime_ns == sft_written  # SFT was not trained again
+
+
 def test_a_sampler_that_cannot_serve_adapters_is_refused(writer, trainset, tmp_path):
     with pytest.raises(ValueError, match="cannot serve the adapters REST-PG trains"):
         optimizer(tmp_path).compile(writer, trainset=trainset, sampler=dspy.LM("openai/gpt-4o-mini"))

