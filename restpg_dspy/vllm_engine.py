@@ -118,6 +118,9 @@ class VLLMEngine(QueuedEngine):
         on_cpu = current_platform.is_cpu()
         if on_cpu and kv_cache_gib is not None:
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)
+        # On a CPU, a prompt split across steps (chunked prefill) crashes seeded sampling: vLLM rewinds the request's
+        # generator with get_offset(), which CPU generators lack. Whole prompts per step avoid it.
+        cpu_args = {"enable_chunked_prefill": False} if on_cpu else {}
         llm = vllm.LLM(
             model=str(self.path),
             dtype=("float32" if on_cpu else "auto") if dtype == "auto" else dtype,
@@ -126,7 +129,7 @@ class VLLMEngine(QueuedEngine):
             max_loras=max_loras,
             max_model_len=max_model_len,
             enforce_eager=on_cpu if enforce_eager is None else enforce_eager,
-            **self.settings["engine_args"],
+            **{**cpu_args, **self.settings["engine_args"]},
         )
         self._engine = llm.llm_engine
         self._engine_lock = threading.Lock()

@@ -5,6 +5,7 @@ One in-process vLLM engine is shared by every test here (loading it takes about 
 
 import json
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -74,6 +75,7 @@ def test_ids_name_the_engine_and_the_same_weights_as_the_local_engine(vllm_lm, l
     assert vllm_lm.model.startswith("vllm/SmolLM2-135M-Instruct-")
     assert vllm_engine.weights_id == local_engine.weights_id and vllm_engine.base_id != local_engine.base_id
     assert vllm_engine.context_length == 2048 and vllm_engine.tokenizer.chat_template
+    assert type(vllm_engine).load_state(json.loads(json.dumps(vllm_engine.dump_state()))) is vllm_engine
 
 
 def test_greedy_outputs_equal_the_local_engines(vllm_lm, local_lm):
@@ -97,6 +99,8 @@ def test_sampling_follows_seeds_temperature_stop_and_budget(vllm_lm):
     assert hot(prompt, seed=7) == hot(prompt, seed=7)
     assert len({hot(prompt, seed=seed)[0] for seed in range(5)}) >= 3
     assert len(set(hot(prompt, n=3))) >= 2  # unseeded candidates differ
+    assert hot(prompt, seed=3, top_k=1) == vllm_lm(prompt)  # top-k 1 is greedy at any temperature
+    assert hot(prompt, seed=3, top_p=1e-6) == vllm_lm(prompt)  # and so is a vanishing nucleus
 
     vllm_lm(PROMPTS[1], max_tokens=3)
     response = vllm_lm.history[-1]["response"]
@@ -107,6 +111,16 @@ def test_sampling_follows_seeds_temperature_stop_and_budget(vllm_lm):
     cut = vllm_lm(PROMPTS[1], stop=["\n"])[0]
     assert cut == full.split("\n")[0]
     assert vllm_lm.history[-1]["response"].finish_reason == "stop"
+
+
+def test_seeded_samples_of_prompts_that_overflow_one_step_are_drawn(vllm_lm):
+    # Twelve distinct ~700-token prompts exceed one step's 4096-token budget: with chunked prefill vLLM's CPU build
+    # would split one and crash rewinding its seeded generator ("CPU Generator does not use offset").
+    diary = " ".join(f"Day {i}: I walked the dog and cooked soup." for i in range(60))
+    hot = vllm_lm.copy(temperature=0.7, max_tokens=4, num_retries=0)
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(lambda i: hot(f"Diary of user {i}. {diary} What did I do?", seed=i)[0], range(12)))
+    assert len(answers) == 12 and all(isinstance(a, str) for a in answers)
 
 
 def test_logprobs_and_usage_match_the_local_engine(vllm_lm, local_lm):

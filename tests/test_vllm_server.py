@@ -1,5 +1,6 @@
 """The vLLM server backend against a real ``vllm serve`` of the embedded model, started once for this module."""
 
+import json
 import os
 import socket
 import subprocess
@@ -88,6 +89,8 @@ def random_adapter(embedded_path, tmp_path_factory) -> Path:
 def test_ids_and_context_come_from_the_weights_and_the_server(served, local_lm):
     engine = served.engine
     assert served.model == f"vllm/{local_lm.engine.weights_id}" and engine.context_length == 2048
+    state = engine.dump_state()
+    assert "api_key" not in state and type(engine).load_state(json.loads(json.dumps(state))) is engine
 
 
 def test_greedy_outputs_equal_the_local_engines(served, local_lm):
