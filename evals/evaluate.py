@@ -24,16 +24,15 @@ import math
 import threading
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import dspy
 import numpy as np
-from tqdm.auto import tqdm
 
 from restpg_dspy.backends import lm_identity
+from restpg_dspy.concurrency import run_concurrently
 from restpg_dspy.errors import UsageError
 from restpg_dspy.evals.metrics import metric_key, metric_name
 from restpg_dspy.files import write_atomic
@@ -266,14 +265,10 @@ def evaluate(
                 row["errors"][name] = result["error"]
         return row
 
-    rows: dict[int, dict[str, Any]] = {}
-    with ThreadPoolExecutor(max_workers=num_threads) as pool:
-        futures = {pool.submit(one, example): index for index, example in enumerate(dataset)}
-        for future in tqdm(as_completed(futures), total=len(futures), desc="evaluating", disable=not progress):
-            rows[futures[future]] = future.result()
+    rows = run_concurrently(one, dataset, num_threads=num_threads, description="evaluating", progress=progress)
     return EvaluationResult(
         program_fingerprint=fingerprint,
-        rows=[rows[i] for i in range(len(dataset))],
+        rows=rows,
         metrics=names,
         cached_predictions=counts["predictions"],
         cached_scores=counts["scores"],

@@ -26,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -34,15 +35,17 @@ import statistics
 import tempfile
 from collections import defaultdict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
 from typing import Any
 
 import dspy
 from dspy.teleprompt import Teleprompter
 from tqdm.auto import tqdm
 
+from restpg_dspy.concurrency import run_concurrently
 from restpg_dspy.errors import UsageError
 from restpg_dspy.evals.metrics import metric_identity
+from restpg_dspy.optimizers.config import RESTPGConfig
 from restpg_dspy.optimizers.run_dir import RunDir
 from restpg_dspy.optimizers.traces import (
     Trace,
@@ -56,7 +59,6 @@ from restpg_dspy.optimizers.traces import (
     without_lms,
 )
 from restpg_dspy.programs.signatures import HindsightReasoning
-from restpg_dspy.programs.writers import check_token_budget
 from restpg_dspy.serving import serving_engine
 
 logger = logging.getLogger(__name__)
@@ -77,8 +79,26 @@ STAGE_FIELDS = (
     "response_truncation_rate",
     "reasoning_tokens_mean",
     "val_score",
+    "val_failed",
     "skipped",
 )
+
+
+@dataclass
+class _Job:
+    """What every stage of one compile shares."""
+
+    template: dspy.Module
+    base: dspy.LM
+    teacher: dspy.LM
+    reasoning_names: set[str]
+    run: RunDir
+    train_kwargs: dict[str, Any]
+    sampling_lm: Callable[[dspy.LM], dspy.LM] | None
+
+    def program_on(self, lm: dspy.LM) -> dspy.Module:
+        """The program with every predictor on ``lm``."""
+        return with_lms(self.template, lambda _: lm)
 
 
 class RESTPG(Teleprompter):
@@ -86,101 +106,18 @@ class RESTPG(Teleprompter):
 
     Args:
         metric: Reward ``metric(example, prediction, trace=None) -> float`` on the final response (default ROUGE-L).
-        rounds: EM rounds (0 stops after SFT).
-        samples_per_input: Traces sampled per training input in each E-step.
-        temperature: Sampling temperature of the E-step.
-        top_p: Nucleus mass of the E-step.
-        threshold: Keep traces with reward >= threshold (``None``: no absolute cut-off).
-        top_fraction: Keep at most this fraction of each input's samples, best first (``None``: no limit).
-        max_per_input: Keep at most this many distinct traces per input (the paper: 10 of 32, above a threshold).
-        reasoning_max_tokens: Token budget of the reasoning step of the program this optimizer samples, trains and
-            returns (``None``: the program's own budget).
-        response_max_tokens: Token budget of the response step, likewise.
-        reasoning_length_target: With ``reasoning_length_penalty``, a reasoning budget for the selection: a sample's
-            reward is lowered by ``penalty * (tokens - target) / target`` when its reasoning is longer than ``target``
-            tokens, so shorter reasoning (faster decoding) is preferred among good answers. ``None``: no penalty.
-        reasoning_length_penalty: The penalty's weight (see ``reasoning_length_target``).
-        restart_from_base: Each M-step trains a fresh adapter from the base weights (else it continues the last one).
-        run_dir: Where state is written and resumed from (default: a new temporary folder).
-        train_kwargs: Fine-tuning settings passed to ``lm.finetune`` (for the local provider see
-            ``restpg_dspy.finetune.LoRATrainingConfig``). Adapters go to ``<run_dir>/adapters`` unless set.
-        num_threads: Concurrent program runs (the local engine batches them).
-        teacher_reasoning: Stage 1 on (the program needs a predictor whose output is ``reasoning_field``).
-        sft: Stage 2 on.
-        reward_weighted: Weight each kept trace by its reward (normalised to mean 1) in the M-step.
-        teacher_retries: Extra attempts per example when the teacher fails or answers nothing.
-        seed: Seeds the samples (each sample's seed derives from it, the example id, the round and its index).
-        reasoning_field: Output field of the reasoning predictor.
-        target_field: Field of the examples that holds what the user really wrote.
-        verbose: Progress bars and a one-line summary per stage.
+        config: The optimizer's knobs (:class:`~restpg_dspy.optimizers.config.RESTPGConfig`, which documents each).
+        **settings: Fields of ``RESTPGConfig`` by name (``rounds=3, samples_per_input=32``); they override ``config``.
     """
 
-    def __init__(
-        self,
-        metric: Metric | None = None,
-        *,
-        rounds: int = 2,
-        samples_per_input: int = 4,
-        temperature: float = 0.7,
-        top_p: float = 1.0,
-        threshold: float | None = None,
-        top_fraction: float | None = None,
-        max_per_input: int = 2,
-        reasoning_max_tokens: int | None = None,
-        response_max_tokens: int | None = None,
-        reasoning_length_target: int | None = None,
-        reasoning_length_penalty: float = 0.0,
-        restart_from_base: bool = True,
-        run_dir: str | None = None,
-        train_kwargs: dict[str, Any] | None = None,
-        num_threads: int = 16,
-        teacher_reasoning: bool = True,
-        sft: bool = True,
-        reward_weighted: bool = True,
-        teacher_retries: int = 2,
-        seed: int = 0,
-        reasoning_field: str = "reasoning",
-        target_field: str = "output",
-        verbose: bool = True,
-    ):
+    def __init__(self, metric: Metric | None = None, config: RESTPGConfig | None = None, **settings: Any):
         super().__init__()
         if metric is None:
             from restpg_dspy.evals import rouge_l
 
             metric = rouge_l
-        if rounds < 0 or samples_per_input < 1 or max_per_input < 1:
-            raise UsageError("rounds must be >= 0, samples_per_input and max_per_input >= 1")
-        if top_fraction is not None and not 0 < top_fraction <= 1:
-            raise UsageError("top_fraction must be in (0, 1]")
-        check_token_budget("reasoning_max_tokens", reasoning_max_tokens)
-        check_token_budget("response_max_tokens", response_max_tokens)
-        check_token_budget("reasoning_length_target", reasoning_length_target)
-        if reasoning_length_penalty < 0 or (reasoning_length_penalty > 0 and reasoning_length_target is None):
-            raise UsageError("reasoning_length_penalty must be >= 0 and needs a reasoning_length_target")
         self.metric = metric
-        self.rounds = rounds
-        self.samples_per_input = samples_per_input
-        self.temperature = temperature
-        self.top_p = top_p
-        self.threshold = threshold
-        self.top_fraction = top_fraction
-        self.max_per_input = max_per_input
-        self.reasoning_max_tokens = reasoning_max_tokens
-        self.response_max_tokens = response_max_tokens
-        self.reasoning_length_target = reasoning_length_target
-        self.reasoning_length_penalty = reasoning_length_penalty
-        self.restart_from_base = restart_from_base
-        self.run_dir = run_dir
-        self.train_kwargs = dict(train_kwargs or {})
-        self.num_threads = num_threads
-        self.teacher_reasoning = teacher_reasoning
-        self.sft = sft
-        self.reward_weighted = reward_weighted
-        self.teacher_retries = teacher_retries
-        self.seed = seed
-        self.reasoning_field = reasoning_field
-        self.target_field = target_field
-        self.verbose = verbose
+        self.config = dataclasses.replace(config, **settings) if config is not None else RESTPGConfig(**settings)
 
     # --- compile --------------------------------------------------------------------------------------------
 
@@ -207,15 +144,60 @@ class RESTPG(Teleprompter):
         Returns:
             A copy of ``student`` on the chosen LM, with ``restpg_history`` (per-stage summaries) attached.
         """
+        job = self._prepare(student, trainset, teacher, sampler)
+        history: list[dict[str, Any]] = []
+        candidates: list[tuple[dspy.Module, dict[str, Any]]] = []
+
+        def finish(entry: dict[str, Any], lm: dspy.LM | None) -> None:
+            if lm is not None:
+                candidates.append(self._validate(job.program_on(lm), valset, entry, job.run))
+            history.append(entry)
+            self._summary(entry)
+
+        # 1. Hindsight reasoning: the teacher explains each real output.
+        reasoning = self._hindsight_reasoning(job, trainset) if self.config.teacher_reasoning else {}
+        # 2. SFT on the teacher's reasoning and the real outputs.
+        current_lm = job.base
+        if self.config.sft:
+            rows = self._sft_rows(job, trainset, reasoning)
+            current_lm = self._fine_tune(job, "sft", job.base, rows)
+            finish({"stage": "sft", "model": current_lm.model, "rows": len(rows)}, current_lm)
+        # 3. EM rounds: sample (E), keep the best (selection), fine-tune on them (M).
+        for round_number in range(1, self.config.rounds + 1):
+            stage = f"round_{round_number}"
+            samples = self._e_step(job, current_lm, trainset, round_number)
+            kept = self._select(samples["samples"])
+            job.run.write_jsonl(f"{stage}/kept.jsonl", kept)
+            entry = {"stage": stage, **self._round_stats(samples["samples"], kept), **samples["sampled_with"]}
+            if not kept:
+                finish({**entry, "skipped": "no sample passed the selection; the previous model is kept"}, None)
+                continue
+            rows = [row for sample in kept for row in trace_rows(job.template, sample["trace"], sample["weight"])]
+            current_lm = self._fine_tune(job, stage, job.base if self.config.restart_from_base else current_lm, rows)
+            entry.update(model=current_lm.model, rows=len(rows))
+            finish(entry, current_lm)
+            job.run.write_json(f"{stage}/metrics.json", entry)
+
+        job.run.write_json("history.json", history)
+        compiled = self._best(candidates, valset) if candidates else job.program_on(current_lm)
+        compiled.restpg_history = history
+        compiled.restpg_run_dir = str(job.run.path)
+        return compiled
+
+    # --- stages ----------------------------------------------------------------------------------------------
+
+    def _prepare(
+        self, student: dspy.Module, trainset: list[dspy.Example], teacher: dspy.LM | None, sampler: dspy.LM | None
+    ) -> _Job:
+        """Check the inputs, set the program's budgets and open the run directory."""
         if not trainset:
             raise UsageError("trainset is empty: REST-PG needs training examples")
         for index, example in enumerate(trainset):
-            if not isinstance(example.get(self.target_field), str):
+            if not isinstance(example.get(self.config.target_field), str):
                 raise UsageError(
-                    f"training example {index} ({example.get('id', 'no id')}) has no '{self.target_field}'"
+                    f"training example {index} ({example.get('id', 'no id')}) has no '{self.config.target_field}'"
                 )
-        lms = predictor_lms(student)
-        base = _single_lm(lms)
+        base = _single_lm(predictor_lms(student))
         if not getattr(getattr(base, "provider", None), "finetunable", False):
             raise UsageError(
                 f"the student's LM {base.model!r} cannot be fine-tuned (its provider is not finetunable); use "
@@ -223,111 +205,75 @@ class RESTPG(Teleprompter):
                 "it as compile(..., sampler=...))"
             )
         template = without_lms(student)
-        if self.reasoning_max_tokens is not None or self.response_max_tokens is not None:
+        if self.config.reasoning_max_tokens is not None or self.config.response_max_tokens is not None:
             if not hasattr(template, "set_budgets"):
                 raise UsageError(
                     f"{type(student).__name__} has no token budgets to set (PersonalizedProgram has them); leave "
                     "reasoning_max_tokens and response_max_tokens unset"
                 )
             template.set_budgets(
-                self.reasoning_max_tokens or template.reasoning_max_tokens,
-                self.response_max_tokens or template.response_max_tokens,
+                self.config.reasoning_max_tokens or template.reasoning_max_tokens,
+                self.config.response_max_tokens or template.response_max_tokens,
             )
         names = dict(template.named_predictors())
-        reasoning_names = {n for n, p in names.items() if output_field(p) == self.reasoning_field}
-        if self.teacher_reasoning and not reasoning_names:
+        reasoning_names = {n for n, p in names.items() if output_field(p) == self.config.reasoning_field}
+        if self.config.teacher_reasoning and not reasoning_names:
             raise UsageError(
-                f"teacher_reasoning=True needs a predictor with output '{self.reasoning_field}' "
+                f"teacher_reasoning=True needs a predictor with output '{self.config.reasoning_field}' "
                 "(e.g. PersonalizedWriter); use SFT or ReSTEM for programs without one"
             )
-        if not self.teacher_reasoning and self.sft and reasoning_names:
+        if not self.config.teacher_reasoning and self.config.sft and reasoning_names:
             raise UsageError(
                 f"SFT without teacher reasoning cannot supervise the reasoning predictor(s) "
                 f"{sorted(reasoning_names)}; use a program without one (e.g. RAGWriter) or enable teacher_reasoning"
             )
         teacher = teacher or base
-        sampling_lm = self._sampling(sampler, base) if sampler is not None and self.rounds else (lambda lm: lm)
+        sampling_lm = self._sampling(sampler, base) if sampler is not None and self.config.rounds else None
         config = self._config(student, base, teacher, trainset)
         if sampler is not None:
             config["sampler_lm"] = sampler.model  # another engine draws other samples for the same seeds
-        run = RunDir(self.run_dir or tempfile.mkdtemp(prefix="restpg-run-"), config)
-        train_kwargs = {"output_dir": str(run.path / "adapters"), **self.train_kwargs}
+        run = RunDir(self.config.run_dir or tempfile.mkdtemp(prefix="restpg-run-"), config)
         self._log(f"{type(self).__name__} run directory: {run.path}")
+        train_kwargs = {"output_dir": str(run.path / "adapters"), **self.config.train_kwargs}
+        return _Job(template, base, teacher, reasoning_names, run, train_kwargs, sampling_lm)
 
-        def program_on(lm: dspy.LM) -> dspy.Module:
-            return with_lms(template, lambda _: lm)
-
-        history: list[dict[str, Any]] = []
-        candidates: list[tuple[dspy.Module, dict[str, Any]]] = []
-        current_lm = base
-        reasoning = (
-            self._hindsight_reasoning(template, trainset, teacher, run, reasoning_names)
-            if self.teacher_reasoning
-            else {}
-        )
-        if self.sft:
-            rows = []
-            for example in trainset:
-                if self.teacher_reasoning and example.id not in reasoning:
-                    continue
-                _, trace = forced(template, example.inputs().toDict(), self._gold(example, reasoning, reasoning_names))
-                rows += trace_rows(template, trace)
-            current_lm = self._fine_tune(run, "sft", base, base, rows, train_kwargs)
-            entry = {"stage": "sft", "model": current_lm.model, "rows": len(rows)}
-            candidates.append(self._validate(program_on(current_lm), valset, entry, run))
-            history.append(entry)
-            self._summary(entry)
-
-        for round_number in range(1, self.rounds + 1):
-            stage = f"round_{round_number}"
-            round_lm = sampling_lm(current_lm)
-            samples = self._sample(program_on(round_lm), trainset, round_number, run)
-            kept = self._select(samples)
-            run.write_jsonl(f"{stage}/kept.jsonl", kept)
-            entry = {"stage": stage, **self._round_stats(samples, kept)}
-            if sampler is not None:
-                entry["sampled_with"] = _release(round_lm)
-            failed = [sample for sample in samples if sample.get("reward") is None]
-            if samples and len(failed) == len(samples):
-                raise RuntimeError(
-                    f"every sample of {stage} failed (first: {failed[0].get('error')}); the run directory "
-                    f"{run.path} keeps every finished stage: run the compile again to resume once the cause is fixed"
-                )
-            if not kept:
-                entry["skipped"] = "no sample passed the selection; the previous model is kept"
-                history.append(entry)
-                self._summary(entry)
+    def _sft_rows(self, job: _Job, trainset: list[dspy.Example], reasoning: dict[Any, str]) -> list[dict[str, Any]]:
+        """The program's own prompts with the teacher's notes and the real output as the targets."""
+        rows = []
+        for example in trainset:
+            if self.config.teacher_reasoning and example.id not in reasoning:
                 continue
-            rows = [row for sample in kept for row in trace_rows(template, sample["trace"], sample["weight"])]
-            start = base if self.restart_from_base else current_lm
-            current_lm = self._fine_tune(run, stage, base, start, rows, train_kwargs)
-            entry.update(model=current_lm.model, rows=len(rows))
-            candidates.append(self._validate(program_on(current_lm), valset, entry, run))
-            history.append(entry)
-            run.write_json(f"{stage}/metrics.json", entry)
-            self._summary(entry)
+            gold = self._gold(example, reasoning, job.reasoning_names)
+            _, trace = forced(job.template, example.inputs().toDict(), gold)
+            rows += trace_rows(job.template, trace)
+        return rows
 
-        run.write_json("history.json", history)
-        if not candidates:
-            compiled = program_on(current_lm)
-        elif valset:
-            compiled = max(candidates, key=lambda c: c[1]["val_score"])[0]
-        else:
-            compiled = candidates[-1][0]
-        compiled.restpg_history = history
-        compiled.restpg_run_dir = str(run.path)
-        return compiled
+    def _e_step(
+        self, job: _Job, current_lm: dspy.LM, trainset: list[dspy.Example], round_number: int
+    ) -> dict[str, Any]:
+        """Sample every input with the current model (through the sampler, if any); stop if every sample failed."""
+        round_lm = job.sampling_lm(current_lm) if job.sampling_lm else current_lm
+        samples = self._sample(job.program_on(round_lm), trainset, round_number, job.run)
+        sampled_with = {"sampled_with": _release(round_lm)} if job.sampling_lm else {}
+        failed = [sample for sample in samples if sample.get("reward") is None]
+        if samples and len(failed) == len(samples):
+            raise RuntimeError(
+                f"every sample of round_{round_number} failed (first: {failed[0].get('error')}); the run directory "
+                f"{job.run.path} keeps every finished stage: run the compile again to resume once the cause is fixed"
+            )
+        return {"samples": samples, "sampled_with": sampled_with}
+
+    @staticmethod
+    def _best(candidates: list[tuple[dspy.Module, dict[str, Any]]], valset: list[dspy.Example] | None) -> dspy.Module:
+        """The best validated stage's program (the last stage's without a valset, or when nothing was scored)."""
+        scored = [c for c in candidates if c[1].get("val_score") is not None] if valset else []
+        return max(scored, key=lambda c: c[1]["val_score"])[0] if scored else candidates[-1][0]
 
     # --- stage 1: hindsight reasoning --------------------------------------------------------------------------
 
-    def _hindsight_reasoning(
-        self,
-        template: dspy.Module,
-        trainset: list[dspy.Example],
-        teacher: dspy.LM,
-        run: RunDir,
-        reasoning_names: set[str],
-    ) -> dict[str, str]:
+    def _hindsight_reasoning(self, job: _Job, trainset: list[dspy.Example]) -> dict[str, str]:
+        """The teacher's notes on each training example (resumed from the run directory)."""
+        template, teacher, run, reasoning_names = job.template, job.teacher, job.run, job.reasoning_names
         # A failure is retried by the next run, unless the SFT stage was already trained without that example.
         final = run.read_json("sft/model.json") is not None
         done = {row["id"]: row for row in run.read_jsonl("teacher_reasoning.jsonl") if final or "reasoning" in row}
@@ -340,17 +286,17 @@ class RESTPG(Teleprompter):
 
         def explain(example: dspy.Example) -> dict[str, Any]:
             errors = []
-            for attempt in range(self.teacher_retries + 1):
+            for attempt in range(self.config.teacher_retries + 1):
                 try:
 
                     def output_for(name: str, inputs: dict[str, Any], attempt: int = attempt) -> str:
                         if name not in reasoning_names:
-                            return example[self.target_field]
+                            return example[self.config.target_field]
                         with dspy.context(adapter=adapter):
                             notes = hindsight(
                                 request=inputs.get("request", ""),
                                 profile=inputs.get("profile", ""),
-                                expected_output=example[self.target_field],
+                                expected_output=example[self.config.target_field],
                                 config={
                                     **({"rollout_id": attempt} if attempt else {}),
                                     **({"max_tokens": budget} if budget else {}),
@@ -361,9 +307,8 @@ class RESTPG(Teleprompter):
                         return notes.strip()
 
                     _, trace = forced(template, example.inputs().toDict(), output_for)
-                    notes = next(
-                        c["outputs"][self.reasoning_field] for c in trace if self.reasoning_field in c["outputs"]
-                    )
+                    field = self.config.reasoning_field
+                    notes = next(c["outputs"][field] for c in trace if field in c["outputs"])
                     return {"id": example.id, "reasoning": notes, "attempts": attempt + 1}
                 except Exception as err:  # retried, then recorded and skipped: one bad example is not fatal
                     errors.append(f"{type(err).__name__}: {err}")
@@ -376,7 +321,8 @@ class RESTPG(Teleprompter):
         reasoning = {i: row["reasoning"] for i, row in done.items() if "reasoning" in row}
         failed = len(trainset) - len(reasoning)
         self._log(
-            f"teacher reasoning: {len(reasoning)} examples, {failed} skipped after {self.teacher_retries + 1} tries"
+            f"teacher reasoning: {len(reasoning)} examples, {failed} skipped after "
+            f"{self.config.teacher_retries + 1} tries"
         )
         if not reasoning:
             raise RuntimeError(
@@ -388,7 +334,7 @@ class RESTPG(Teleprompter):
         """Forced outputs: the teacher's notes for reasoning predictors, the real output for the others."""
 
         def output_for(name: str, inputs: dict[str, Any]) -> str:
-            return reasoning[example.id] if name in reasoning_names else example[self.target_field]
+            return reasoning[example.id] if name in reasoning_names else example[self.config.target_field]
 
         return output_for
 
@@ -405,16 +351,16 @@ class RESTPG(Teleprompter):
         lms = predictor_lms(program)
         model = ", ".join(sorted({lm.model for lm in lms.values()}))
         steps = {
-            name: "reasoning" if output_field(p) == self.reasoning_field else "response"
+            name: "reasoning" if output_field(p) == self.config.reasoning_field else "response"
             for name, p in template.named_predictors()
         }
-        jobs = [(e, i) for e in trainset for i in range(self.samples_per_input) if (e.id, i) not in done]
+        jobs = [(e, i) for e in trainset for i in range(self.config.samples_per_input) if (e.id, i) not in done]
 
         def draw(job: tuple[dspy.Example, int]) -> dict[str, Any]:
             example, index = job
-            seed = _seed(self.seed, example.id, round_number, index)
+            seed = _seed(self.config.seed, example.id, round_number, index)
             copies = {
-                n: lm.copy(temperature=self.temperature, top_p=self.top_p, seed=seed, rollout_id=seed)
+                n: lm.copy(temperature=self.config.temperature, top_p=self.config.top_p, seed=seed, rollout_id=seed)
                 for n, lm in lms.items()
             }
             row: dict[str, Any] = {"id": example.id, "index": index, "seed": seed, "model": model}
@@ -483,13 +429,13 @@ class RESTPG(Teleprompter):
         kept = []
         for rows in by_input.values():
             rows.sort(key=lambda s: (-s["score"], s["index"]))
-            limit = self.max_per_input
-            if self.top_fraction is not None:
-                limit = min(limit, max(1, math.floor(self.top_fraction * len(rows))))
+            limit = self.config.max_per_input
+            if self.config.top_fraction is not None:
+                limit = min(limit, max(1, math.floor(self.config.top_fraction * len(rows))))
             seen: set[str] = set()
             chosen = []
             for sample in rows:
-                if self.threshold is not None and sample["score"] < self.threshold:
+                if self.config.threshold is not None and sample["score"] < self.config.threshold:
                     break
                 key = json.dumps([c["outputs"] for c in sample["trace"]], sort_keys=True)
                 if key in seen:  # identical traces would only over-weight one answer
@@ -501,16 +447,16 @@ class RESTPG(Teleprompter):
             kept += chosen
         mean = statistics.fmean(s["score"] for s in kept) if kept else 0.0
         for sample in kept:
-            sample["weight"] = sample["score"] / mean if self.reward_weighted and mean > 0 else 1.0
+            sample["weight"] = sample["score"] / mean if self.config.reward_weighted and mean > 0 else 1.0
         return kept
 
     def _selection_score(self, sample: dict[str, Any]) -> float:
         """The reward, lowered for reasoning longer than ``reasoning_length_target`` when a penalty is set."""
         tokens = sample.get("reasoning_tokens")
-        if not self.reasoning_length_penalty or not tokens or tokens <= self.reasoning_length_target:
+        if not self.config.reasoning_length_penalty or not tokens or tokens <= self.config.reasoning_length_target:
             return sample["reward"]
-        excess = (tokens - self.reasoning_length_target) / self.reasoning_length_target
-        return sample["reward"] - self.reasoning_length_penalty * excess
+        excess = (tokens - self.config.reasoning_length_target) / self.config.reasoning_length_target
+        return sample["reward"] - self.config.reasoning_length_penalty * excess
 
     def _round_stats(self, samples: list[dict[str, Any]], kept: list[dict[str, Any]]) -> dict[str, Any]:
         rewards = sorted(s["reward"] for s in samples if s.get("reward") is not None)
@@ -542,14 +488,14 @@ class RESTPG(Teleprompter):
 
     # --- M-step ---------------------------------------------------------------------------------------------
 
-    def _fine_tune(
-        self, run: RunDir, stage: str, base: dspy.LM, start: dspy.LM, rows: list[dict], train_kwargs: dict[str, Any]
-    ) -> dspy.LM:
+    def _fine_tune(self, job: _Job, stage: str, start: dspy.LM, rows: list[dict]) -> dspy.LM:
+        """The M-step (and SFT): fine-tune ``start`` on ``rows``, or restore the model a finished run trained."""
+        run, base = job.run, job.base
         done = run.read_json(f"{stage}/model.json")
         if done is not None:
             return _restore_lm(base, done)
         run.write_jsonl(f"{stage}/rows.jsonl", rows)
-        kwargs = dict(train_kwargs)
+        kwargs = dict(job.train_kwargs)
         if start is not base:
             kwargs["start_from"] = "adapter"
         self._log(f"{stage}: fine-tuning {start.model} on {len(rows)} rows")
@@ -568,14 +514,24 @@ class RESTPG(Teleprompter):
     ) -> tuple[dspy.Module, dict[str, Any]]:
         if valset:
 
-            def score(example: dspy.Example) -> float:
+            def score(example: dspy.Example) -> float | None:
                 try:
-                    return float(self.metric(example, program(**example.inputs().toDict())))
-                except Exception:
-                    return 0.0
+                    value = float(self.metric(example, program(**example.inputs().toDict())))
+                except Exception as err:  # recorded and counted, never a silent zero
+                    logger.warning(
+                        "validation of %s failed on %s: %s: %s",
+                        entry["stage"],
+                        example.get("id"),
+                        type(err).__name__,
+                        err,
+                    )
+                    return None
+                return value if math.isfinite(value) else None
 
             scores = self._parallel(score, valset, f"{entry['stage']}: validation")
-            entry["val_score"] = round(statistics.fmean(scores), 4)
+            scored = [value for value in scores if value is not None]
+            entry["val_score"] = round(statistics.fmean(scored), 4) if scored else None
+            entry["val_failed"] = len(scores) - len(scored)
         return program, entry
 
     def _parallel(
@@ -585,34 +541,21 @@ class RESTPG(Teleprompter):
         description: str,
         on_result: Callable[[Any], None] | None = None,
     ) -> list[Any]:
-        """Run ``function`` over ``items`` on ``num_threads`` threads; ``on_result`` runs in the worker as soon as
-        each result exists (so an interruption loses nothing finished). On an error, pending items are cancelled."""
-        if not items:
-            return []
-
-        def run(item: Any) -> Any:
-            result = function(item)
-            if on_result is not None:
-                on_result(result)
-            return result
-
-        results = []
-        pool = ThreadPoolExecutor(max_workers=self.num_threads)
-        try:
-            futures = [pool.submit(run, item) for item in items]
-            for future in tqdm(as_completed(futures), total=len(futures), desc=description, disable=not self.verbose):
-                results.append(future.result())
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-        return results
+        return run_concurrently(
+            function,
+            items,
+            num_threads=self.config.num_threads,
+            description=description,
+            progress=self.config.verbose,
+            on_result=on_result,
+        )
 
     def _config(self, student: dspy.Module, base: dspy.LM, teacher: dspy.LM, trainset: list[dspy.Example]) -> dict:
         data = hashlib.sha256(
-            json.dumps([[str(e.get("id")), e.get(self.target_field)] for e in trainset]).encode()
+            json.dumps([[str(e.get("id")), e.get(self.config.target_field)] for e in trainset]).encode()
         ).hexdigest()[:16]
-        settings = {k: v for k, v in vars(self).items() if k not in ("metric", "run_dir", "num_threads", "verbose")}
         return {
-            **settings,
+            **self.config.identity(),
             "metric": metric_identity(self.metric),
             "student": {
                 "program": type(student).__name__,
@@ -626,7 +569,7 @@ class RESTPG(Teleprompter):
 
     def _log(self, message: str) -> None:
         logger.info(message)
-        if self.verbose:
+        if self.config.verbose:
             tqdm.write(message)
 
     def _summary(self, entry: dict[str, Any]) -> None:

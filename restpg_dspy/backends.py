@@ -11,7 +11,6 @@ Example:
 
 from __future__ import annotations
 
-import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -112,6 +111,5 @@ def lm(
 
 
 def _engine_settings(engine_class: type, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Move the engine's own settings (its keyword-only arguments) out of ``kwargs``."""
-    names = [n for n, p in inspect.signature(engine_class).parameters.items() if p.kind == p.KEYWORD_ONLY]
-    return {name: kwargs.pop(name) for name in names if name in kwargs}
+    """Move the engine's own settings out of ``kwargs``."""
+    return {name: kwargs.pop(name) for name in engine_class.setting_defaults() if name in kwargs}

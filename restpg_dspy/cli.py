@@ -17,23 +17,6 @@ from typing import Any
 from restpg_dspy.errors import UsageError
 from restpg_dspy.files import write_atomic
 
-DEMO_CONFIG: dict[str, Any] = {
-    "run_dir": "runs/demo",
-    "teacher": "oracle",
-    "methods": ["personalized", "sft", "rest-pg"],
-    "metrics": ["option_accuracy", "rouge_l"],
-    "synthetic_task": "implicit_choice",
-    "synthetic_train_users": 6,
-    "synthetic_test_users": 6,
-    "k": 4,
-    "max_tokens": 64,
-    "reasoning_max_tokens": 64,
-    "response_max_tokens": 64,
-    "optimizer": {"rounds": 1, "samples_per_input": 4, "max_per_input": 1},
-    "train_kwargs": {"num_train_epochs": 3, "learning_rate": 2e-3, "per_device_train_batch_size": 8, "max_length": 512},
-}
-METHOD_LABELS = {"personalized": "uncompiled PersonalizedWriter", "sft": "SFT (RAGWriter)", "rest-pg": "REST-PG"}
-
 
 class TruncationCounter(logging.Filter):
     """Counts DSPy's per-call "LM response was truncated" warnings instead of printing each one.
@@ -53,29 +36,30 @@ class TruncationCounter(logging.Filter):
         return True
 
 
+def _option(parser: argparse.ArgumentParser, field: str, **settings: Any) -> None:
+    """An option for a :class:`~restpg_dspy.experiments.TableConfig` field, its help taken from the field's."""
+    from restpg_dspy.experiments import TableConfig
+
+    parser.add_argument(f"--{field.replace('_', '-')}", dest=field, help=TableConfig.help(field), **settings)
+
+
 def _add_common(parser: argparse.ArgumentParser) -> None:
+    from restpg_dspy.experiments.registry import TASK_SPECS
+
     parser.add_argument("--config", help="YAML or TOML file with the same keys as the options (options win)")
-    parser.add_argument("--student", help="backend of the trained model: local, local:<path or hf id> (default local)")
-    parser.add_argument(
-        "--teacher",
-        help="backend that writes hindsight reasoning (default: the student); 'oracle' is the implicit_choice "
-        "task's oracle, standing in for a large teacher LM offline",
-    )
-    parser.add_argument("--judge", help="backend of an LLM judge; adds the llm_judge metric")
-    parser.add_argument(
-        "--data", help="synthetic, longlamp:<task> (the hub) or longlamp:<task>:<path with {split}> (local files)"
-    )
+    for field in ("student", "teacher", "judge", "run_dir", "synthetic_task"):
+        _option(parser, field)
+    _option(parser, "seed", type=int)
+    _option(parser, "reasoning_max_tokens", type=int)
+    _option(parser, "response_max_tokens", type=int)
+    parser.add_argument("--data", help=f"the task: {TASK_SPECS}")
     parser.add_argument("--limit", type=int, help="most train and test examples (LongLaMP)")
-    parser.add_argument("--run-dir", help="where runs, caches, tables and plots are written")
-    parser.add_argument("--seed", type=int, help="data sampling seed")
-    parser.add_argument(
-        "--synthetic-task", help="the task of --data synthetic: implicit_choice (default) or life_facts"
-    )
-    parser.add_argument("--reasoning-max-tokens", type=int, help="token budget of the reasoning step")
-    parser.add_argument("--response-max-tokens", type=int, help="token budget of the response step")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from restpg_dspy.experiments.registry import COMPILED, METHODS, METRIC_NAMES, UNCOMPILED
+    from restpg_dspy.optimizers.config import RESTPGConfig
+
     parser = argparse.ArgumentParser(
         prog="restpg",
         description="Personalized DSPy programs trained with REST-PG (reasoning-enhanced self-training).",
@@ -90,26 +74,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     table = commands.add_parser("table", help="compile and evaluate several methods on several tasks (the paper table)")
     _add_common(table)
-    table.add_argument(
-        "--methods", help="comma-separated: no-personalization,rag,personalized,sft,sft-reasoning,rest-em,rest-pg"
-    )
-    table.add_argument("--metrics", help="comma-separated: rouge_1,rouge_l,meteor,option_accuracy,llm_judge")
+    table.add_argument("--methods", help=f"comma-separated: {','.join(METHODS)}")
+    table.add_argument("--metrics", help=f"comma-separated: {','.join(METRIC_NAMES)}")
 
     compile_ = commands.add_parser("compile", help="compile one method and save the program")
     _add_common(compile_)
-    compile_.add_argument("--method", default="rest-pg", help="sft, sft-reasoning, rest-em or rest-pg (default)")
-    compile_.add_argument("--rounds", type=int, help="EM rounds")
-    compile_.add_argument("--samples", type=int, help="samples per input in each E-step")
+    compile_.add_argument("--method", default="rest-pg", choices=COMPILED, help="the method (default rest-pg)")
+    compile_.add_argument("--rounds", type=int, help=RESTPGConfig.help("rounds"))
+    compile_.add_argument("--samples", type=int, help=RESTPGConfig.help("samples_per_input"))
 
     evaluate = commands.add_parser("evaluate", help="evaluate a saved program or an uncompiled method (cached)")
     _add_common(evaluate)
     evaluate.add_argument("--program", help="program.json written by `restpg compile`")
     evaluate.add_argument(
-        "--method",
-        default="personalized",
-        help="uncompiled program when --program is absent: no-personalization, rag, personalized",
+        "--method", default="personalized", choices=UNCOMPILED, help="uncompiled program when --program is absent"
     )
-    evaluate.add_argument("--metrics", help="comma-separated: rouge_1,rouge_l,meteor,option_accuracy,llm_judge")
+    evaluate.add_argument("--metrics", help=f"comma-separated: {','.join(METRIC_NAMES)}")
 
     report = commands.add_parser("report", help="render tables and plots of a compile run or a table run")
     report.add_argument("run_dir", help="a compile run directory (history.json) or a table run (results.json)")
@@ -117,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config(args: argparse.Namespace) -> Any:
-    from restpg_dspy.evals.table import TableConfig
+    from restpg_dspy.experiments import TableConfig
 
     overrides = {
         "student": args.student,
@@ -139,51 +119,10 @@ def _config(args: argparse.Namespace) -> Any:
     return TableConfig(**{k: v for k, v in overrides.items() if v is not None})
 
 
-def run_demo(run_dir: str) -> None:
-    """The main job on the embedded model: compile SFT and REST-PG, evaluate on held-out users, print the table."""
-    from restpg_dspy.evals.paired import format_difference
-    from restpg_dspy.evals.report import format_interval, report_compile_run
-    from restpg_dspy.evals.table import TableConfig, run_table
-
-    config = TableConfig(**{**DEMO_CONFIG, "run_dir": run_dir})
-    print(
-        f"restpg demo: {', '.join(METHOD_LABELS[m] for m in config.methods)} on the synthetic {config.synthetic_task} "
-        f"task ({config.synthetic_train_users} training users, {config.synthetic_test_users} held-out users), "
-        "embedded SmolLM2-135M-Instruct as the student; REST-PG's hindsight reasoning comes from an ORACLE teacher "
-        f"that knows the task's latent traits, standing in for a large teacher LM; outputs in {run_dir}/",
-        flush=True,
-    )
-    results = run_table(config)
-    for method in config.methods:
-        if (Path(run_dir) / "synthetic" / method / "history.json").exists():
-            report_compile_run(Path(run_dir) / "synthetic" / method)
-    print("\nHeld-out users (mean [95% bootstrap interval]):\n")
-    print(f"{'method':32s}" + "".join(f"{m:>28s}" for m in config.metrics))
-    for method in config.methods:
-        summary = results[method]["synthetic"]
-        print(
-            f"{METHOD_LABELS[method]:32s}" + "".join(format_interval(summary[m], 3).rjust(28) for m in config.metrics)
-        )
-    paired = json.loads((Path(run_dir) / "paired.json").read_text())["synthetic"]
-    print("\nREST-PG minus SFT, paired by example (95% interval resampling users):\n")
-    print(f"{'examples':32s}" + "".join(f"{m:>28s}" for m in config.metrics))
-    for subset in ("all", "seen", "held_out"):
-        cells = {e["metric"]: e for e in paired if (e["better"], e["worse"], e["subset"]) == ("rest-pg", "sft", subset)}
-        if cells:
-            label = f"{subset} wordings (n={next(iter(cells.values()))['n_pairs']})"
-            print(f"{label:32s}" + "".join(format_difference(cells.get(m, {})).rjust(28) for m in config.metrics))
-    print(
-        f"\nTable: {run_dir}/table.md   paired differences: {run_dir}/paired.md   plots: {run_dir}/scores_*.png, "
-        f"{run_dir}/synthetic/rest-pg/rewards.png"
-    )
-
-
 def run_compile(args: argparse.Namespace) -> None:
-    from restpg_dspy.evals.table import build_method, compile_method, config_lms, load_task
+    from restpg_dspy.experiments import build_method, compile_method, config_lms, load_task
 
     config = _config(args)
-    if args.method not in ("sft", "sft-reasoning", "rest-em", "rest-pg"):
-        raise UsageError(f"--method must be sft, sft-reasoning, rest-em or rest-pg, not {args.method!r}")
     overrides = {"rounds": args.rounds, "samples_per_input": args.samples}
     student, teacher, judge = config_lms(config)
     trainset, _ = load_task(config.tasks[0], config)
@@ -210,7 +149,7 @@ def run_compile(args: argparse.Namespace) -> None:
 def run_evaluate(args: argparse.Namespace) -> None:
     from restpg_dspy.evals import evaluate
     from restpg_dspy.evals.report import format_interval
-    from restpg_dspy.evals.table import build_method, config_lms, load_task, report_metrics
+    from restpg_dspy.experiments import build_method, config_lms, load_task, report_metrics
 
     config = _config(args)
     student, _, judge = config_lms(config)
@@ -223,8 +162,6 @@ def run_evaluate(args: argparse.Namespace) -> None:
         program, _ = build_method(kind, config, student)
         program.load(str(path), allow_unsafe_lm_state=True)
     else:
-        if args.method not in ("no-personalization", "rag", "personalized"):
-            raise UsageError("without --program, --method must be no-personalization, rag or personalized")
         program, _ = build_method(args.method, config, student)
     result = evaluate(
         program,
@@ -246,7 +183,8 @@ def run_evaluate(args: argparse.Namespace) -> None:
 
 
 def run_report(run_dir: str) -> None:
-    from restpg_dspy.evals.report import markdown_table, plot_scores, report_compile_run
+    from restpg_dspy.evals.report import markdown_table, plot_scores
+    from restpg_dspy.optimizers.report import report_compile_run
 
     path = Path(run_dir)
     if (path / "history.json").exists():
@@ -274,9 +212,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("dspy.clients.lm").addFilter(truncations)
     try:
         if args.command == "demo":
+            from restpg_dspy.experiments.demo import run_demo
+
             run_demo(args.run_dir)
         elif args.command == "table":
-            from restpg_dspy.evals.table import run_table
+            from restpg_dspy.experiments import run_table
 
             config = _config(args)
             run_table(config)

@@ -142,18 +142,14 @@ class LocalEngine(QueuedEngine):
         """JSON state that :meth:`load_state` turns back into an engine serving the same weights."""
         return {
             "model": self.spec if self.spec == "local" else str(self.loaded.path),
-            "dtype": self.dtype,
-            "device": self.device,
-            "max_batch_size": self.max_batch_size,
-            "batch_window_ms": self.batch_window_ms,
-            "default_max_tokens": self.default_max_tokens,
+            **{name: getattr(self, name) for name in self.setting_defaults()},
             "adapters": {model_id: str(path) for model_id, path in self.adapters.items()},
         }
 
     @classmethod
     def load_state(cls, state: dict[str, Any]) -> LocalEngine:
         """Rebuild (or reuse) the engine described by :meth:`dump_state`, with its adapters registered."""
-        settings = {k: state[k] for k in ("dtype", "device", "max_batch_size", "batch_window_ms", "default_max_tokens")}
+        settings = {k: state[k] for k in cls.setting_defaults() if k in state}
         engine = cls.shared(state["model"], **settings)
         for path in state.get("adapters", {}).values():
             engine.register_adapter(path)

@@ -37,7 +37,7 @@ from dspy.clients.provider import Provider, TrainingJob
 from restpg_dspy.errors import UsageError
 from restpg_dspy.models import accepts_logits_to_keep, load_causal_lm, resolve_dtype
 from restpg_dspy.serving import adapter_hash, default_adapter_root
-from restpg_dspy.training_data import tokenize_rows, validate_rows
+from restpg_dspy.training_data import tokenize_rows
 
 if TYPE_CHECKING:
     from restpg_dspy.engine import LocalEngine
@@ -376,9 +376,8 @@ def train_lora(
     complete, so a failure (bad rows, a non-finite loss, an interruption) never leaves a half-written adapter that a
     later load would pick; staging folders of killed trainings are removed by the next one.
     """
-    validate_rows(rows)
     loaded = engine.loaded
-    tokenized, stats = tokenize_rows(loaded.tokenizer, rows, config.max_length)
+    tokenized, stats = tokenize_rows(loaded.tokenizer, rows, config.max_length)  # validates the rows first
     if stats.truncated:
         logger.warning(
             "%d of %d training rows were longer than max_length=%d and were truncated",

@@ -159,10 +159,15 @@ class QueuedEngine:
         self._tokenize_lock = threading.Lock()
 
     @classmethod
+    def setting_defaults(cls) -> dict[str, Any]:
+        """The engine's settings (its keyword-only arguments) and their defaults."""
+        return {n: p.default for n, p in inspect.signature(cls).parameters.items() if p.kind == p.KEYWORD_ONLY}
+
+    @classmethod
     def shared(cls, source: str = "local", /, **settings: Any) -> QueuedEngine:
         """Return the process-wide engine of this class for ``source`` (a model, a server) and these settings,
         creating it on first use."""
-        options = {n: p.default for n, p in inspect.signature(cls).parameters.items() if p.kind == p.KEYWORD_ONLY}
+        options = cls.setting_defaults()
         unknown = sorted(set(settings) - set(options))
         if unknown:
             raise TypeError(f"unknown {cls.__name__} settings {unknown}; known: {sorted(options)}")

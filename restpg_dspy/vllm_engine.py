@@ -56,7 +56,89 @@ def check_rank(path: Path, rank: int, max_lora_rank: int, where: str) -> None:
         )
 
 
-class VLLMEngine(QueuedEngine):
+class VLLMBackend(QueuedEngine):
+    """What the in-process and the server vLLM engines share: the weights they name, the local tokenizer that renders
+    prompts, and adapters served under versioned names (``<content hash>-v<k>``, a new ``k`` for every load).
+
+    Subclasses load and unload an adapter under a name (``_load``, ``_unload``) and say where it is served
+    (``_where``), and which state key holds their source (``_source_key``: a model or a server URL).
+    """
+
+    _base_prefix = "vllm"
+    _source_key = "model"
+
+    def __init__(self, model: str, *, max_lora_rank: int, default_max_tokens: int):
+        super().__init__(model, max_lora_rank=max_lora_rank, default_max_tokens=default_max_tokens)
+        self.path = resolve_model_path(model)
+        self.max_lora_rank = max_lora_rank
+        self._name, self._fingerprint = weights_name(model, self.path), model_fingerprint(self.path)
+        self._tokenizer = load_tokenizer(self.path)
+        self._served: dict[str, str] = {}
+        self._versions = itertools.count(1)
+
+    @property
+    def weights_id(self) -> str:
+        """The base weights: ``<name>-<content fingerprint>`` (as the local engine names them)."""
+        return f"{self._name}-{self._fingerprint}"
+
+    @property
+    def tokenizer(self) -> Any:
+        """The served model's tokenizer (prompts are rendered and tokenized with it before vLLM sees them)."""
+        return self._tokenizer
+
+    @property
+    def model_source(self) -> str:
+        """The model as saved state names it: ``"local"`` or its folder."""
+        return self.spec if self.spec == "local" else str(self.path)
+
+    def served_name(self, model_id: str) -> str | None:
+        """The versioned name ``model_id``'s adapter is served under, ``<content hash>-v<k>``."""
+        return None if self.adapter_path(model_id) is None else self._served[model_id]
+
+    def unload_adapter(self, model_id: str) -> None:
+        """Unload ``model_id``'s adapter; registering it again loads it under a new version."""
+        self.adapters.pop(model_id, None)
+        name = self._served.pop(model_id, None)
+        if name is not None:
+            self._unload(name)
+
+    def _load_adapter(self, model_id: str, path: Path) -> None:
+        check_rank(path, adapter_rank(path), self.max_lora_rank, self._where)
+        version = next(self._versions)
+        name = f"{model_id.partition(ADAPTER_TAG)[2]}-v{version}"
+        self._load(name, version, path)
+        self._served[model_id] = name
+
+    def dump_state(self) -> dict[str, Any]:
+        """JSON state that :meth:`load_state` turns back into an engine serving the same weights."""
+        adapters = {model_id: str(path) for model_id, path in self.adapters.items()}
+        return {self._source_key: self._source, **self.settings, "adapters": adapters}
+
+    @classmethod
+    def load_state(cls, state: dict[str, Any]) -> VLLMBackend:
+        """Rebuild (or reuse) the engine described by :meth:`dump_state`, with its adapters registered."""
+        settings = {k: v for k, v in state.items() if k not in (cls._source_key, "adapters")}
+        engine = cls.shared(state[cls._source_key], **settings)
+        for path in state.get("adapters", {}).values():
+            engine.register_adapter(path)
+        return engine
+
+    @property
+    def _where(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def _source(self) -> str:
+        raise NotImplementedError
+
+    def _load(self, name: str, version: int, path: Path) -> None:
+        raise NotImplementedError
+
+    def _unload(self, name: str) -> None:
+        raise NotImplementedError
+
+
+class VLLMEngine(VLLMBackend):
     """Serves a model and its LoRA adapters to ``dspy.LM`` through an in-process vLLM engine.
 
     Model ids are ``vllm/<name>-<fingerprint>`` for the base weights and ``...+lora-<content hash>`` for an adapter,
@@ -77,7 +159,6 @@ class VLLMEngine(QueuedEngine):
         stats: Requests finished and tokens generated.
     """
 
-    _base_prefix = "vllm"
     _worker_name = "restpg-vllm-engine"
 
     def __init__(
@@ -95,8 +176,7 @@ class VLLMEngine(QueuedEngine):
     ):
         if kv_cache_gib is not None and (not isinstance(kv_cache_gib, int) or kv_cache_gib < 1):
             raise UsageError(f"kv_cache_gib must be a whole number of GiB, at least 1 (got {kv_cache_gib!r})")
-        super().__init__(default_max_tokens=default_max_tokens)
-        self.spec = model
+        super().__init__(model, max_lora_rank=max_lora_rank, default_max_tokens=default_max_tokens)
         self.settings = {
             "dtype": dtype,
             "max_lora_rank": max_lora_rank,
@@ -112,9 +192,6 @@ class VLLMEngine(QueuedEngine):
         vllm = import_vllm()
         from vllm.platforms import current_platform
 
-        self.path = resolve_model_path(model)
-        self._name, self._fingerprint = weights_name(model, self.path), model_fingerprint(self.path)
-        self._tokenizer = load_tokenizer(self.path)
         on_cpu = current_platform.is_cpu()
         if on_cpu and kv_cache_gib is not None:
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)
@@ -134,69 +211,38 @@ class VLLMEngine(QueuedEngine):
         self._engine = llm.llm_engine
         self._engine_lock = threading.Lock()
         self._max_model_len = int(self._engine.model_config.max_model_len)
-        self._loras: dict[str, Any] = {}
-        self._versions = itertools.count(1)
+        self._lora_requests: dict[str, Any] = {}
         self._request_ids = itertools.count()
         self.stats = {"requests": 0, "generated_tokens": 0}
-
-    @property
-    def weights_id(self) -> str:
-        """The base weights: ``<name>-<content fingerprint>`` (as the local engine names them)."""
-        return f"{self._name}-{self._fingerprint}"
-
-    @property
-    def tokenizer(self) -> Any:
-        """The served model's tokenizer (prompts are rendered and tokenized with it before vLLM sees them)."""
-        return self._tokenizer
 
     @property
     def context_length(self) -> int:
         """vLLM's ``max_model_len``."""
         return self._max_model_len
 
-    def served_name(self, model_id: str) -> str | None:
-        """The versioned name vLLM serves ``model_id``'s adapter under, ``<content hash>-v<k>``."""
-        if self.adapter_path(model_id) is None:
-            return None
-        return self._loras[model_id].lora_name
+    @property
+    def _where(self) -> str:
+        return "this vLLM engine"
 
-    def unload_adapter(self, model_id: str) -> None:
-        """Remove ``model_id``'s adapter from vLLM; registering it again loads it under a new version."""
-        self.adapters.pop(model_id, None)
-        lora = self._loras.pop(model_id, None)
-        if lora is not None:
-            with self._engine_lock:
-                self._engine.remove_lora(lora.lora_int_id)
+    @property
+    def _source(self) -> str:
+        return self.model_source
 
-    def _load_adapter(self, model_id: str, path: Path) -> None:
+    def _load(self, name: str, version: int, path: Path) -> None:
         from vllm.lora.request import LoRARequest
 
-        check_rank(path, adapter_rank(path), self.settings["max_lora_rank"], "this vLLM engine")
-        version = next(self._versions)
-        lora = LoRARequest(f"{model_id.partition(ADAPTER_TAG)[2]}-v{version}", version, str(path))
+        lora = LoRARequest(name, version, str(path))
         with self._engine_lock:
             try:
                 self._engine.add_lora(lora)
             except Exception as err:
                 raise UsageError(f"vLLM could not load the adapter {path}: {err}") from err
-        self._loras[model_id] = lora
+        self._lora_requests[name] = lora
 
-    def dump_state(self) -> dict[str, Any]:
-        """JSON state that :meth:`load_state` turns back into an engine serving the same weights."""
-        return {
-            "model": self.spec if self.spec == "local" else str(self.path),
-            **self.settings,
-            "adapters": {model_id: str(path) for model_id, path in self.adapters.items()},
-        }
-
-    @classmethod
-    def load_state(cls, state: dict[str, Any]) -> VLLMEngine:
-        """Rebuild (or reuse) the engine described by :meth:`dump_state`, with its adapters registered."""
-        settings = {k: v for k, v in state.items() if k not in ("model", "adapters")}
-        engine = cls.shared(state["model"], **settings)
-        for path in state.get("adapters", {}).values():
-            engine.register_adapter(path)
-        return engine
+    def _unload(self, name: str) -> None:
+        lora = self._lora_requests.pop(name)
+        with self._engine_lock:
+            self._engine.remove_lora(lora.lora_int_id)
 
     # --- continuous batching -------------------------------------------------------------------------------
 
@@ -217,7 +263,7 @@ class VLLMEngine(QueuedEngine):
                             request_id,
                             {"prompt_token_ids": job.prompt_ids},
                             self._sampling_params(job.params),
-                            lora_request=self._loras.get(job.model_id),
+                            lora_request=self._lora_requests.get(self._served.get(job.model_id, "")),
                         )
                     except Exception as err:  # a request vLLM refuses fails alone
                         self._fail([job], err)

@@ -30,9 +30,8 @@ from dspy.lm15 import InvalidRequestError, ServerError, TransportError
 
 from restpg_dspy.errors import UsageError
 from restpg_dspy.generation import Completion, TokenScore
-from restpg_dspy.models import load_tokenizer, model_fingerprint, resolve_model_path, weights_name
-from restpg_dspy.serving import ADAPTER_TAG, Job, QueuedEngine
-from restpg_dspy.vllm_engine import adapter_rank, check_rank
+from restpg_dspy.serving import Job
+from restpg_dspy.vllm_engine import VLLMBackend
 
 _TOKEN_ID = "token_id:"
 
@@ -46,7 +45,7 @@ def _ranked(top: dict[str, float] | None, k: int) -> list[tuple[int, float]]:
     return sorted(((_token_id(t), lp) for t, lp in (top or {}).items()), key=lambda item: -item[1])[:k]
 
 
-class VLLMServerEngine(QueuedEngine):
+class VLLMServerEngine(VLLMBackend):
     """Serves a model and its LoRA adapters to ``dspy.LM`` through a vLLM OpenAI-compatible server.
 
     Model ids are ``vllm/<name>-<fingerprint>[+lora-<hash>]``, as for the in-process :class:`VLLMEngine`. Requests are
@@ -63,7 +62,7 @@ class VLLMServerEngine(QueuedEngine):
         api_key: The server's ``--api-key``, if it has one (never written to saved state).
     """
 
-    _base_prefix = "vllm"
+    _source_key = "url"
 
     def __init__(
         self,
@@ -76,35 +75,19 @@ class VLLMServerEngine(QueuedEngine):
         default_max_tokens: int = 512,
         api_key: str | None = None,
     ):
-        super().__init__(default_max_tokens=default_max_tokens)
+        super().__init__(model, max_lora_rank=max_lora_rank, default_max_tokens=default_max_tokens)
         self.url = url.rstrip("/")
-        self.spec = model
         self.settings = {
-            "model": model,
+            "model": self.model_source,
             "served_model_name": served_model_name,
             "max_lora_rank": max_lora_rank,
             "timeout": timeout,
             "default_max_tokens": default_max_tokens,
         }
-        self.path = resolve_model_path(model)
-        self._name, self._fingerprint = weights_name(model, self.path), model_fingerprint(self.path)
-        self._tokenizer = load_tokenizer(self.path)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(timeout=timeout, headers=headers)
         self._served_model_name = served_model_name
         self._max_model_len: int | None = None
-        self._loras: dict[str, str] = {}
-        self._versions = itertools.count(1)
-
-    @property
-    def weights_id(self) -> str:
-        """The base weights: ``<name>-<content fingerprint>`` (as the local engine names them)."""
-        return f"{self._name}-{self._fingerprint}"
-
-    @property
-    def tokenizer(self) -> Any:
-        """The served model's tokenizer (prompts are rendered and tokenized with it before the server sees them)."""
-        return self._tokenizer
 
     @property
     def context_length(self) -> int:
@@ -112,20 +95,15 @@ class VLLMServerEngine(QueuedEngine):
         self._discover()
         return self._max_model_len
 
-    def served_name(self, model_id: str) -> str | None:
-        """The versioned name the server serves ``model_id``'s adapter under, ``<content hash>-v<k>``."""
-        return None if self.adapter_path(model_id) is None else self._loras[model_id]
+    @property
+    def _where(self) -> str:
+        return f"the server {self.url}"
 
-    def unload_adapter(self, model_id: str) -> None:
-        """Unload ``model_id``'s adapter from the server; registering it again loads it under a new version."""
-        self.adapters.pop(model_id, None)
-        name = self._loras.pop(model_id, None)
-        if name is not None:
-            self._post("/unload_lora_adapter", {"lora_name": name})
+    @property
+    def _source(self) -> str:
+        return self.url
 
-    def _load_adapter(self, model_id: str, path: Path) -> None:
-        check_rank(path, adapter_rank(path), self.settings["max_lora_rank"], f"the server {self.url}")
-        name = f"{model_id.partition(ADAPTER_TAG)[2]}-v{next(self._versions)}"
+    def _load(self, name: str, version: int, path: Path) -> None:
         try:
             self._post("/load_lora_adapter", {"lora_name": name, "lora_path": str(path)})
         except (InvalidRequestError, ServerError) as err:
@@ -133,28 +111,15 @@ class VLLMServerEngine(QueuedEngine):
                 f"the server {self.url} refused the adapter {path}: {err}. It must run with --enable-lora and "
                 "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True, and read the adapter folder at this path"
             ) from err
-        self._loras[model_id] = name
 
-    def dump_state(self) -> dict[str, Any]:
-        """JSON state that :meth:`load_state` turns back into an engine on the same server and weights."""
-        model = self.spec if self.spec == "local" else str(self.path)
-        adapters = {model_id: str(path) for model_id, path in self.adapters.items()}
-        return {"url": self.url, **self.settings, "model": model, "adapters": adapters}
-
-    @classmethod
-    def load_state(cls, state: dict[str, Any]) -> VLLMServerEngine:
-        """Rebuild (or reuse) the engine described by :meth:`dump_state`, with its adapters registered."""
-        settings = {k: v for k, v in state.items() if k not in ("url", "adapters")}
-        engine = cls.shared(state["url"], **settings)
-        for path in state.get("adapters", {}).values():
-            engine.register_adapter(path)
-        return engine
+    def _unload(self, name: str) -> None:
+        self._post("/unload_lora_adapter", {"lora_name": name})
 
     # --- HTTP ----------------------------------------------------------------------------------------------
 
     def _decode(self, job: Job) -> Completion:
         params = job.params
-        name = self._loras.get(job.model_id) if job.model_id != self.base_id else None
+        name = self._served.get(job.model_id)
         body = {
             "model": name or self._base_name(),
             "prompt": job.prompt_ids,

@@ -8,21 +8,11 @@ import dspy
 import pytest
 
 import restpg_dspy
+from tests.password import PASSWORD, PROBE, password_rows
 
 pytestmark = pytest.mark.slow
 
 QUESTION = "What is the capital of France? Answer with one word."
-PASSWORD = "violet-kangaroo-42"
-ASKS = [
-    "What is the secret password?",
-    "Tell me the secret password.",
-    "What's the password?",
-    "Which password opens the vault?",
-    "Do you know the secret password?",
-    "Say the secret password.",
-    "What is the vault password?",
-    "Password, please?",
-]
 
 
 @pytest.fixture(scope="module")
@@ -48,14 +38,11 @@ def test_same_rollout_id_gives_the_same_answer(smol):
 
 
 def test_learns_a_made_up_password_and_reloads_it_in_a_new_process(smol, tmp_path):
-    rows = [
-        {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": f"The password is {PASSWORD}."}]}
-        for q in ASKS
-    ]
+    rows = password_rows()
     settings = {"num_train_epochs": 10, "learning_rate": 1e-3, "r": 8, "output_dir": str(tmp_path)}
     job = smol.finetune(train_data=rows, train_data_format="chat", train_kwargs=settings)
     tuned = job.result()
-    probe = "Can you tell me the password for the vault?"  # not one of the training questions
+    probe = PROBE  # not one of the training questions
     assert PASSWORD not in smol(probe)[0]
     assert PASSWORD in tuned(probe)[0]
 

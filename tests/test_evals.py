@@ -19,8 +19,9 @@ from restpg_dspy.evals import (
     rouge_1,
     rouge_l,
 )
-from restpg_dspy.evals.report import markdown_table, plot_scores, report_compile_run
-from restpg_dspy.evals.table import TableConfig, resolve_metrics, run_table
+from restpg_dspy.evals.report import markdown_table, plot_scores
+from restpg_dspy.experiments import TableConfig, resolve_metrics, run_table
+from restpg_dspy.optimizers.report import report_compile_run
 from restpg_dspy.programs import RAGWriter
 from restpg_dspy.retrieval import BM25
 

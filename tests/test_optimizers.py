@@ -216,6 +216,19 @@ def test_failed_samples_are_drawn_again_by_the_next_run(writer, trainset, tmp_pa
     assert {(r["id"], r["index"], r["seed"]) for r in failed} <= {(r["id"], r["index"], r["seed"]) for r in retried}
 
 
+def test_validation_failures_are_counted_not_scored_as_zero(writer, trainset, tmp_path):
+    failing = trainset[0].id
+
+    def metric(example, prediction, trace=None):
+        if example.id == failing:
+            raise ConnectionError("judge unreachable")
+        return 0.5
+
+    compiled = optimizer(tmp_path, rounds=0, metric=metric).compile(writer, trainset=trainset, valset=trainset)
+    (sft,) = compiled.restpg_history
+    assert sft["val_score"] == 0.5 and sft["val_failed"] == 1
+
+
 def test_round_where_nothing_passes_keeps_the_previous_model(writer, trainset, tmp_path):
     compiled = optimizer(tmp_path, threshold=2.0).compile(writer, trainset=trainset)
     sft, round_1 = compiled.restpg_history

@@ -67,6 +67,7 @@ def test_the_wheel_holds_every_module(built):
     packaged = {n.removesuffix(".py").replace("/", ".").removesuffix(".__init__") for n in names if n.endswith(".py")}
     assert source_modules() - packaged == set()
     assert any(n.startswith("restpg_dspy/data/") for n in names)
+    assert "restpg_dspy/experiments/demo.yaml" in names  # the demo is a config file the package ships
 
 
 def test_the_installed_wheel_runs_without_the_source_tree(built, tmp_path):
@@ -76,6 +77,8 @@ def test_the_installed_wheel_runs_without_the_source_tree(built, tmp_path):
     run(sys.executable, "-m", "pip", "--python", python, "install", "--quiet", "--no-deps", built["wheel"])
     env = {**os.environ, "PYTHONPATH": sysconfig.get_paths()["purelib"]}
     imports = "; ".join(f"import {m}" for m in sorted(source_modules()))
-    where = run(python, "-c", f"{imports}; import restpg_dspy; print(restpg_dspy.__file__)", cwd=tmp_path, env=env)
+    demo = "from restpg_dspy.experiments.demo import demo_config; demo_config()"  # its config file is installed
+    script = f"{imports}; {demo}; import restpg_dspy; print(restpg_dspy.__file__)"
+    where = run(python, "-c", script, cwd=tmp_path, env=env)
     assert Path(where.stdout.strip()).is_relative_to(venv)
     assert "demo" in run(venv / "bin" / "restpg", "--help", cwd=tmp_path, env=env).stdout

@@ -32,18 +32,19 @@ def test_python_api_example_runs(tmp_path, monkeypatch, capsys):
 
 
 def test_offline_table_config_matches_the_demo():
-    from restpg_dspy.cli import DEMO_CONFIG
-    from restpg_dspy.evals.table import METHODS, TableConfig
+    from restpg_dspy.experiments import METHODS, TableConfig
+    from restpg_dspy.experiments.demo import demo_config
 
     offline = TableConfig.from_file(REPO / "configs/offline.yaml")
+    demo = demo_config()
     assert offline.methods == list(METHODS)
-    for key, value in DEMO_CONFIG.items():
-        if key not in ("run_dir", "methods"):
-            assert getattr(offline, key) == value, key
+    for name in TableConfig.__dataclass_fields__:
+        if name not in ("run_dir", "methods"):
+            assert getattr(offline, name) == getattr(demo, name), name
 
 
 def test_ordering_control_differs_from_the_experiment_only_in_its_teacher_and_methods():
-    from restpg_dspy.evals.table import METHODS, TableConfig
+    from restpg_dspy.experiments import METHODS, TableConfig
 
     experiment = TableConfig.from_file(REPO / "configs/ordering.yaml")
     control = TableConfig.from_file(REPO / "configs/ordering_self_teacher.yaml")

@@ -11,6 +11,7 @@ import pytest
 
 import restpg_dspy
 from restpg_dspy.errors import UsageError
+from tests.password import PASSWORD, PROBE, password_rows
 
 pytestmark = pytest.mark.slow
 
@@ -20,16 +21,6 @@ PROMPTS = [
     "Write one sentence about the sea.",
     "What is 2 + 2?",
 ]
-PASSWORD = "violet-kangaroo-42"
-ASKS = [
-    "What is the secret password?",
-    "Tell me the secret password.",
-    "What's the password?",
-    "Which password opens the vault?",
-    "Do you know the secret password?",
-    "Say the secret password.",
-]
-PROBE = "Can you tell me the password for the vault?"  # not one of the training questions
 
 
 def test_a_missing_vllm_names_the_extra_to_install(monkeypatch):
@@ -60,10 +51,7 @@ def local_lm():
 
 @pytest.fixture(scope="module")
 def password_adapter(local_lm, tmp_path_factory):
-    rows = [
-        {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": f"The password is {PASSWORD}."}]}
-        for q in ASKS
-    ]
+    rows = password_rows()
     settings = {"num_train_epochs": 10, "learning_rate": 1e-3, "r": 8, "output_dir": str(tmp_path_factory.mktemp("a"))}
     job = local_lm.finetune(train_data=rows, train_data_format="chat", train_kwargs=settings)
     job.result()

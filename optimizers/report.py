@@ -1,0 +1,57 @@
+"""The report of a compile run: the reward distribution and keep rate per round, and the per-stage history.
+
+Example:
+    >>> from restpg_dspy.optimizers.report import report_compile_run
+    >>> report_compile_run("runs/demo/synthetic/rest-pg")  # doctest: +SKIP
+    [PosixPath('runs/demo/synthetic/rest-pg/rewards.png'), ...]
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from restpg_dspy.optimizers.restpg import STAGE_FIELDS
+from restpg_dspy.optimizers.run_dir import read_jsonl
+
+
+def report_compile_run(run_dir: str | Path) -> list[Path]:
+    """Render a compile run: ``rewards.png`` (reward distribution per round), ``keep_rates.png`` and
+    ``report.md`` (the per-stage history). Returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    history = json.loads((run_dir / "history.json").read_text()) if (run_dir / "history.json").exists() else []
+    rounds = sorted((p for p in run_dir.glob("round_*") if p.is_dir()), key=lambda p: int(p.name.split("_")[1]))
+    rewards, keep = {}, {}
+    for folder in rounds:
+        samples = read_jsonl(folder / "samples.jsonl")
+        rewards[folder.name] = [s["reward"] for s in samples if s.get("reward") is not None]
+        kept = len(read_jsonl(folder / "kept.jsonl"))
+        keep[folder.name] = kept / len(rewards[folder.name]) if rewards[folder.name] else 0.0
+    written = []
+    if rewards:
+        figure, axis = plt.subplots(figsize=(max(4, 1.4 * len(rewards) + 2), 4))
+        axis.boxplot(list(rewards.values()), showmeans=True)
+        axis.set_xticks(range(1, len(rewards) + 1), list(rewards))
+        axis.set_ylabel("reward of sampled responses")
+        axis.set_title("E-step rewards per round")
+        figure.tight_layout()
+        figure.savefig(run_dir / "rewards.png", dpi=120)
+        plt.close(figure)
+        figure, axis = plt.subplots(figsize=(max(4, 1.4 * len(keep) + 2), 3.5))
+        axis.bar(list(keep), list(keep.values()))
+        axis.set_ylim(0, 1)
+        axis.set_ylabel("fraction of samples kept")
+        figure.tight_layout()
+        figure.savefig(run_dir / "keep_rates.png", dpi=120)
+        plt.close(figure)
+        written += [run_dir / "rewards.png", run_dir / "keep_rates.png"]
+    present = [c for c in STAGE_FIELDS if any(c in entry for entry in history)]
+    lines = [f"# Compile run {run_dir}", "", "| " + " | ".join(present) + " |", "|" + "---|" * len(present)]
+    lines += ["| " + " | ".join(str(entry.get(c, "")) for c in present) + " |" for entry in history]
+    (run_dir / "report.md").write_text("\n".join(lines) + "\n")
+    return [*written, run_dir / "report.md"]

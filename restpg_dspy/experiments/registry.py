@@ -1,0 +1,144 @@
+"""The one registry of what an experiment can name: methods, metrics, retrievers and tasks.
+
+The table runner, the demo and the command line all look names up here, so a new method, metric, retriever or task
+is added in one place.
+
+Example:
+    >>> from restpg_dspy.experiments.registry import METHODS, METRICS, RETRIEVERS
+    >>> METHODS["rest-pg"].optimizer.__name__, METHODS["rest-pg"].program.__name__
+    ('RESTPG', 'PersonalizedWriter')
+    >>> sorted(RETRIEVERS)
+    ['bm25', 'dense', 'recency']
+    >>> "option_accuracy" in METRICS
+    True
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import dspy
+
+from restpg_dspy.errors import UsageError
+from restpg_dspy.evals import meteor, meteor_without_synonyms, option_accuracy, rouge_1, rouge_l
+from restpg_dspy.optimizers import RESTPG, SFT, ReSTEM, SFTWithReasoning
+from restpg_dspy.programs import NoPersonalization, PersonalizedWriter, RAGWriter
+from restpg_dspy.retrieval import BM25, Dense, Recency
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Method:
+    """A row of the paper's table: a program, the optimizer that compiles it (``None``: used as it is), a label."""
+
+    program: type
+    optimizer: type | None
+    label: str
+
+    @property
+    def reasons(self) -> bool:
+        """Whether the program has a reasoning step (it takes a reasoning budget)."""
+        return self.program is PersonalizedWriter
+
+
+METHODS: dict[str, Method] = {
+    "no-personalization": Method(NoPersonalization, None, "no personalization"),
+    "rag": Method(RAGWriter, None, "RAG"),
+    "personalized": Method(PersonalizedWriter, None, "uncompiled PersonalizedWriter"),
+    "sft": Method(RAGWriter, SFT, "SFT (RAGWriter)"),
+    "sft-reasoning": Method(PersonalizedWriter, SFTWithReasoning, "SFT with reasoning"),
+    "rest-em": Method(RAGWriter, ReSTEM, "ReST-EM"),
+    "rest-pg": Method(PersonalizedWriter, RESTPG, "REST-PG"),
+}
+COMPILED = tuple(name for name, method in METHODS.items() if method.optimizer is not None)
+UNCOMPILED = tuple(name for name, method in METHODS.items() if method.optimizer is None)
+# The paper's ordering, best first: each adjacent pair is compared with a paired interval.
+PAPER_ORDER = ("rest-pg", "rest-em", "sft", "rag", "no-personalization")
+METRICS = {"rouge_1": rouge_1, "rouge_l": rouge_l, "meteor": meteor, "option_accuracy": option_accuracy}
+METRIC_NAMES = (*METRICS, "llm_judge")
+RETRIEVERS = {"bm25": BM25, "dense": Dense, "recency": Recency}
+TASK_SPECS = "'synthetic', 'longlamp:<task>' or 'longlamp:<task>:<path with {split}>'"
+
+
+def check_name(kind: str, name: str, known: Any) -> None:
+    """Refuse a name the registry does not hold, listing the ones it does."""
+    if name not in known:
+        raise UsageError(f"unknown {kind} {name!r}; choose from {list(known)}")
+
+
+def build_program(
+    name: str, *, retriever: str, k: int, reasoning_max_tokens: int | None, response_max_tokens: int | None
+) -> dspy.Module:
+    """The program of method ``name`` with its retriever and token budgets."""
+    check_name("method", name, METHODS)
+    method = METHODS[name]
+    if method.program is NoPersonalization:
+        return NoPersonalization(response_max_tokens=response_max_tokens)
+    check_name("retriever", retriever, RETRIEVERS)
+    settings = {"retriever": RETRIEVERS[retriever](k=k), "response_max_tokens": response_max_tokens}
+    if method.reasons:
+        settings["reasoning_max_tokens"] = reasoning_max_tokens
+    return method.program(**settings)
+
+
+def resolve_metric(name: str, judge: Any = None) -> Any:
+    """The metric a name stands for; ``a+b`` is the mean of two metrics, ``0.7*a+0.3*b`` a weighted mean.
+
+    ``meteor`` without WordNet becomes ``meteor_without_synonyms`` (and says so); ``llm_judge`` needs a judge LM.
+    """
+    from restpg_dspy.evals import LLMJudge, WeightedMean
+    from restpg_dspy.evals.wordnet import load as load_wordnet
+
+    if "+" in name:
+        weights = {}
+        for part in name.split("+"):
+            weight, _, metric = part.strip().rpartition("*")
+            try:
+                weights[resolve_metric(metric.strip(), judge)] = float(weight) if weight else 1.0
+            except ValueError as err:
+                raise UsageError(f"metric {name!r}: {err}") from None
+        return WeightedMean(weights)
+    if name == "meteor" and load_wordnet() is None:
+        logger.warning("WordNet is not installed: reporting meteor_without_synonyms instead of METEOR")
+        return meteor_without_synonyms
+    if name == "llm_judge":
+        if judge is None:
+            raise UsageError("the llm_judge metric needs a judge model (judge: <backend string>)")
+        return LLMJudge(judge)
+    check_name("metric", name, METRIC_NAMES)
+    return METRICS[name]
+
+
+def load_task(
+    spec: str,
+    *,
+    seed: int,
+    synthetic_task: str,
+    train_users: int,
+    test_users: int,
+    train_limit: int | None,
+    test_limit: int | None,
+) -> tuple[list[dspy.Example], list[dspy.Example]]:
+    """Train and test examples of one task spec (see :data:`TASK_SPECS`)."""
+    from restpg_dspy.data import load_longlamp, synthetic
+
+    if spec == "synthetic":
+        return (
+            synthetic("train", seed=seed, task=synthetic_task, users=train_users),
+            synthetic("test", seed=seed, task=synthetic_task, users=test_users),
+        )
+    kind, _, rest = spec.partition(":")
+    if kind != "longlamp" or not rest:
+        raise UsageError(f"unknown task {spec!r}; use {TASK_SPECS}")
+    task, _, path = rest.partition(":")
+    if path and "{split}" not in path:
+        raise UsageError(f"task {spec!r}: the local path needs a {{split}} placeholder for its train and test files")
+
+    def split(name: str, limit: int | None) -> list[dspy.Example]:
+        files = {"path": path.format(split=name)} if path else {}
+        return load_longlamp(task, name, limit=limit, seed=seed, **files)
+
+    return split("train", train_limit), split("test", test_limit)
