@@ -21,6 +21,8 @@ import json
 import os
 import queue
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,21 @@ def import_vllm() -> Any:
     except ImportError as err:
         raise UsageError(f"the vLLM backend needs vLLM, which is not installed ({err}); {INSTALL_HINT}") from None
     return vllm
+
+
+@contextmanager
+def scoped_environment(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the duration of a block, then restore what was there."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def adapter_rank(path: Path) -> int:
@@ -68,7 +85,8 @@ class VLLMBackend(QueuedEngine):
     _source_key = "model"
 
     def __init__(self, model: str, *, max_lora_rank: int, default_max_tokens: int):
-        super().__init__(model, max_lora_rank=max_lora_rank, default_max_tokens=default_max_tokens)
+        super().__init__(default_max_tokens=default_max_tokens)
+        self.spec = model
         self.path = resolve_model_path(model)
         self.max_lora_rank = max_lora_rank
         self._name, self._fingerprint = weights_name(model, self.path), model_fingerprint(self.path)
@@ -185,29 +203,30 @@ class VLLMEngine(VLLMBackend):
             "kv_cache_gib": kv_cache_gib,
             "enforce_eager": enforce_eager,
             "default_max_tokens": default_max_tokens,
-            "engine_args": dict(engine_args or {}),
+            "engine_args": engine_args,
         }
-        # The scheduler runs in this engine's worker thread, so requests and adapters need no second process.
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         vllm = import_vllm()
         from vllm.platforms import current_platform
 
         on_cpu = current_platform.is_cpu()
+        # The scheduler runs in this engine's worker thread, so requests and adapters need no second process.
+        environment = {"VLLM_ENABLE_V1_MULTIPROCESSING": os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "0")}
         if on_cpu and kv_cache_gib is not None:
-            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)
+            environment["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)
         # On a CPU, a prompt split across steps (chunked prefill) crashes seeded sampling: vLLM rewinds the request's
         # generator with get_offset(), which CPU generators lack. Whole prompts per step avoid it.
         cpu_args = {"enable_chunked_prefill": False} if on_cpu else {}
-        llm = vllm.LLM(
-            model=str(self.path),
-            dtype=("float32" if on_cpu else "auto") if dtype == "auto" else dtype,
-            enable_lora=True,
-            max_lora_rank=max_lora_rank,
-            max_loras=max_loras,
-            max_model_len=max_model_len,
-            enforce_eager=on_cpu if enforce_eager is None else enforce_eager,
-            **{**cpu_args, **self.settings["engine_args"]},
-        )
+        with scoped_environment(environment):  # read while the engine starts; never left to leak into subprocesses
+            llm = vllm.LLM(
+                model=str(self.path),
+                dtype=("float32" if on_cpu else "auto") if dtype == "auto" else dtype,
+                enable_lora=True,
+                max_lora_rank=max_lora_rank,
+                max_loras=max_loras,
+                max_model_len=max_model_len,
+                enforce_eager=on_cpu if enforce_eager is None else enforce_eager,
+                **{**cpu_args, **(engine_args or {})},
+            )
         self._engine = llm.llm_engine
         self._engine_lock = threading.Lock()
         self._max_model_len = int(self._engine.model_config.max_model_len)
