@@ -35,9 +35,14 @@ wordnet:
 		|| ($(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends wordnet-base wordnet-sense-index)
 	$(BIN)/python -m restpg_dspy.evals.wordnet
 
+# The vLLM tests run in a process of their own, so a loaded vLLM engine never shares one process's memory with the
+# models the other tests keep loaded.
+VLLM_TESTS := tests/test_vllm_engine.py tests/test_vllm_server.py
+
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q $(addprefix --ignore=,$(VLLM_TESTS))
+	$(BIN)/pytest -q $(VLLM_TESTS)
 
 demo: $(STAMP)
 	$(BIN)/restpg demo
