@@ -115,6 +115,7 @@ class LocalEngine(QueuedEngine):
         eos = self.loaded.model.generation_config.eos_token_id
         self._eos = {tokenizer.eos_token_id, *(eos if isinstance(eos, list) else [eos] if eos is not None else [])}
         self.stats = {"batches": 0, "rows": 0, "generated_tokens": 0}
+        self.settings = {name: getattr(self, name) for name in self.setting_defaults()}
 
     @property
     def weights_id(self) -> str:
@@ -138,22 +139,9 @@ class LocalEngine(QueuedEngine):
             with self._host.lock:
                 self._host.unload(path)
 
-    def dump_state(self) -> dict[str, Any]:
-        """JSON state that :meth:`load_state` turns back into an engine serving the same weights."""
-        return {
-            "model": self.spec if self.spec == "local" else str(self.loaded.path),
-            **{name: getattr(self, name) for name in self.setting_defaults()},
-            "adapters": {model_id: str(path) for model_id, path in self.adapters.items()},
-        }
-
-    @classmethod
-    def load_state(cls, state: dict[str, Any]) -> LocalEngine:
-        """Rebuild (or reuse) the engine described by :meth:`dump_state`, with its adapters registered."""
-        settings = {k: state[k] for k in cls.setting_defaults() if k in state}
-        engine = cls.shared(state["model"], **settings)
-        for path in state.get("adapters", {}).values():
-            engine.register_adapter(path)
-        return engine
+    @property
+    def _source(self) -> str:
+        return self.spec if self.spec == "local" else str(self.loaded.path)
 
     # --- batching ----------------------------------------------------------------------------------------
 

@@ -246,6 +246,32 @@ class QueuedEngine:
     def _load_adapter(self, model_id: str, path: Path) -> None:
         """Hook run when an adapter is registered (or moved); raise to refuse it before any request uses it."""
 
+    # --- saved state (DSPy saves an LM's engine with the program) -------------------------------------------
+
+    _source_key = "model"
+
+    @property
+    def _source(self) -> str:
+        """What ``shared()`` builds this engine from (a model, a server URL), under ``_source_key`` in saved state."""
+        raise NotImplementedError
+
+    def dump_state(self) -> dict[str, Any]:
+        """JSON state that :meth:`load_state` turns back into an engine serving the same weights.
+
+        Subclasses keep ``self.settings``: their settings as given, JSON values, never credentials.
+        """
+        adapters = {model_id: str(path) for model_id, path in self.adapters.items()}
+        return {self._source_key: self._source, **self.settings, "adapters": adapters}
+
+    @classmethod
+    def load_state(cls, state: dict[str, Any]) -> QueuedEngine:
+        """Rebuild (or reuse) the engine described by :meth:`dump_state`, with its adapters registered."""
+        settings = {k: v for k, v in state.items() if k not in (cls._source_key, "adapters")}
+        engine = cls.shared(state[cls._source_key], **settings)
+        for path in state.get("adapters", {}).values():
+            engine.register_adapter(path)
+        return engine
+
     # --- DSPy engine interface -------------------------------------------------------------------------
 
     def complete(self, request: Any) -> Response:

@@ -78,11 +78,10 @@ class VLLMBackend(QueuedEngine):
     prompts, and adapters served under versioned names (``<content hash>-v<k>``, a new ``k`` for every load).
 
     Subclasses load and unload an adapter under a name (``_load``, ``_unload``) and say where it is served
-    (``_where``), and which state key holds their source (``_source_key``: a model or a server URL).
+    (``_where``).
     """
 
     _base_prefix = "vllm"
-    _source_key = "model"
 
     def __init__(self, model: str, *, max_lora_rank: int, default_max_tokens: int):
         super().__init__(default_max_tokens=default_max_tokens)
@@ -127,26 +126,8 @@ class VLLMBackend(QueuedEngine):
         self._load(name, version, path)
         self._served[model_id] = name
 
-    def dump_state(self) -> dict[str, Any]:
-        """JSON state that :meth:`load_state` turns back into an engine serving the same weights."""
-        adapters = {model_id: str(path) for model_id, path in self.adapters.items()}
-        return {self._source_key: self._source, **self.settings, "adapters": adapters}
-
-    @classmethod
-    def load_state(cls, state: dict[str, Any]) -> VLLMBackend:
-        """Rebuild (or reuse) the engine described by :meth:`dump_state`, with its adapters registered."""
-        settings = {k: v for k, v in state.items() if k not in (cls._source_key, "adapters")}
-        engine = cls.shared(state[cls._source_key], **settings)
-        for path in state.get("adapters", {}).values():
-            engine.register_adapter(path)
-        return engine
-
     @property
     def _where(self) -> str:
-        raise NotImplementedError
-
-    @property
-    def _source(self) -> str:
         raise NotImplementedError
 
     def _load(self, name: str, version: int, path: Path) -> None:
