@@ -20,7 +20,9 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import functools
+import hashlib
 import json
 import logging
 import math
@@ -46,6 +48,7 @@ logger = logging.getLogger(__name__)
 
 TRAINING_LOG = "training_log.json"
 _STAGING = ".training-"  # + the training process id + a random suffix
+_CHECKPOINTS = ".checkpoints-"  # + the job's key: the trainer checkpoints of a training that has not finished
 
 
 class NonFiniteLossError(RuntimeError):
@@ -53,7 +56,7 @@ class NonFiniteLossError(RuntimeError):
 
 
 # Knobs that belong to the fine-tuning job itself rather than to TRL's SFTConfig or PEFT's LoraConfig.
-_OWN_KNOBS = ("dtype", "output_dir", "start_from", "num_processes", "accelerate_config")
+_OWN_KNOBS = ("dtype", "output_dir", "start_from", "num_processes", "accelerate_config", "save_steps")
 _LORA_KNOBS = ("r", "lora_alpha", "lora_dropout", "target_modules")
 
 
@@ -84,6 +87,10 @@ class LoRATrainingConfig:
         max_grad_norm: Gradient clipping norm.
         seed: Seed of initialisation, dropout and data order (same data + seed = same adapter = same model id).
         logging_steps: Log the loss every this many steps.
+        save_steps: Checkpoint the training (adapter, optimizer, scheduler and random states) every this many steps,
+            so that the same job, run again after an interruption, resumes from its last checkpoint and publishes
+            the adapter an uninterrupted run would have; 0 turns checkpoints off. Checkpoints are kept in
+            ``<output_dir>/.checkpoints-<job key>`` until the job finishes.
         output_dir: Where adapters are published (default: ``<restpg home>/adapters``).
         start_from: ``"base"`` trains a fresh adapter on the base weights; ``"adapter"`` continues the adapter of
             the LM being fine-tuned; any other value is the folder of an adapter to continue.
@@ -113,6 +120,7 @@ class LoRATrainingConfig:
     max_grad_norm: float = 1.0
     seed: int = 0
     logging_steps: int = 1
+    save_steps: int = 25
     output_dir: str | None = None
     start_from: str = "base"
     num_processes: int = 1
@@ -147,6 +155,8 @@ class LoRATrainingConfig:
         )
         if config.max_length < 2 or config.r < 1 or config.per_device_train_batch_size < 1 or config.num_processes < 1:
             raise UsageError("max_length must be >= 2, r, per_device_train_batch_size and num_processes >= 1")
+        if config.save_steps < 0:
+            raise UsageError(f"save_steps must be >= 0 (0 turns checkpoints off), not {config.save_steps}")
         if config.accelerate_config and not Path(config.accelerate_config).is_file():
             raise UsageError(f"accelerate_config {config.accelerate_config} is not a file")
         return config
@@ -171,7 +181,8 @@ class LoRATrainingConfig:
             "output_dir": str(output_dir),
             "data_seed": self.seed,
             "gradient_checkpointing_kwargs": {"use_reentrant": False} if self.gradient_checkpointing else None,
-            "save_strategy": "no",
+            "save_strategy": "steps" if self.save_steps else "no",
+            **({"save_steps": self.save_steps, "save_total_limit": 1} if self.save_steps else {}),
             "report_to": [],
             "remove_unused_columns": False,  # keep the row weights
             "dataset_kwargs": {"skip_prepare_dataset": True},
@@ -301,7 +312,9 @@ def _trainer_classes() -> tuple[type, type]:
         def on_train_begin(self, args, state, control, **kwargs):
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=state.max_steps, desc="LoRA fine-tuning", unit="step", leave=False)
+            self.bar = tqdm(
+                total=state.max_steps, initial=state.global_step, desc="LoRA fine-tuning", unit="step", leave=False
+            )
 
         def on_step_end(self, args, state, control, **kwargs):
             self.bar.update(1)
@@ -374,7 +387,9 @@ def train_lora(
     by ``torchrun`` (``accelerate launch`` with the file, which may configure DeepSpeed or FSDP), data-parallel;
     otherwise in this process. The adapter is written to a hidden staging folder and renamed into place only when
     complete, so a failure (bad rows, a non-finite loss, an interruption) never leaves a half-written adapter that a
-    later load would pick; staging folders of killed trainings are removed by the next one.
+    later load would pick; staging folders of killed trainings are removed by the next one. With ``save_steps`` the
+    training is checkpointed, and an interrupted job (the same rows, config, base and start) resumes from its last
+    checkpoint when it runs again, to the same adapter.
     """
     loaded = engine.loaded
     tokenized, stats = tokenize_rows(loaded.tokenizer, rows, config.max_length)  # validates the rows first
@@ -398,11 +413,13 @@ def train_lora(
         str(start_from) if start_from else None,
         str(staging),
     )
+    claim = _claim_checkpoints(root, job) if config.save_steps else None
+    finished = False
     try:
         if config.num_processes > 1 or config.accelerate_config:
-            steps, losses = _fit_in_processes(job)
+            steps, losses, resumed_at = _fit_in_processes(job)
         else:
-            steps, losses = fit(job, tokenizer=loaded.tokenizer)
+            steps, losses, resumed_at = fit(job, tokenizer=loaded.tokenizer)
         if losses and not all(math.isfinite(loss) for loss in losses):
             raise NonFiniteLossError("the training loss was not finite; no adapter was published")
         adapter_dir = staging / "adapter"
@@ -420,6 +437,7 @@ def train_lora(
             "assistant_tokens": stats.assistant_tokens,
             "total_tokens": stats.total_tokens,
             "steps": steps,
+            "resumed_at_step": resumed_at,
             "losses": losses,
             "runtime_s": round(time.monotonic() - started, 2),
         }
@@ -428,9 +446,42 @@ def train_lora(
             shutil.rmtree(adapter_dir)
         else:
             adapter_dir.rename(final)
+        finished = True
         return final, log
+    except NonFiniteLossError:
+        finished = True  # the training is deterministic: a resumed run would meet the same loss
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if claim is not None:
+            _release_checkpoints(Path(job.checkpoints), claim, keep=not finished)
+
+
+def _claim_checkpoints(root: Path, job: TrainingJobSpec) -> Any:
+    """Point ``job`` at its checkpoint folder under ``root`` and lock it; return the held lock file.
+
+    A second process training the same job at the same time trains without checkpoints (both would write them).
+    """
+    folder = root / f"{_CHECKPOINTS}{job.key()}"
+    folder.mkdir(exist_ok=True)
+    lock = (folder / ".lock").open("w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        logger.warning("another process is training the same job in %s; this one keeps no checkpoints", folder)
+        return None
+    job.checkpoints = str(folder)
+    return lock
+
+
+def _release_checkpoints(folder: Path, lock: Any, keep: bool) -> None:
+    """Unlock ``folder``; delete it unless ``keep`` (an interrupted training) and it holds a checkpoint to resume."""
+    if keep and any(folder.glob("checkpoint-*")):
+        logger.warning("the training stopped; running the same job again resumes it from %s", folder)
+    else:
+        shutil.rmtree(folder, ignore_errors=True)
+    lock.close()
 
 
 @dataclass
@@ -444,6 +495,7 @@ class TrainingJobSpec:
         config: The job's knobs.
         start_from: An adapter folder to continue, or ``None`` for a fresh adapter.
         staging: The folder the adapter (``adapter/``) and the trainer's files are written to.
+        checkpoints: The folder of the job's resumable checkpoints, or ``None`` to keep none.
     """
 
     model_path: str
@@ -452,6 +504,12 @@ class TrainingJobSpec:
     config: LoRATrainingConfig
     start_from: str | None
     staging: str
+    checkpoints: str | None = None
+
+    def key(self) -> str:
+        """What the training computes, hashed: the same key resumes the same job's checkpoints."""
+        identity = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("staging", "checkpoints")}
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(dataclasses.asdict(self)))
@@ -462,13 +520,15 @@ class TrainingJobSpec:
         return cls(**{**fields, "config": LoRATrainingConfig(**fields["config"])})
 
 
-def fit(job: TrainingJobSpec, tokenizer: Any = None) -> tuple[int, list[float]]:
+def fit(job: TrainingJobSpec, tokenizer: Any = None) -> tuple[int, list[float], int]:
     """Train the adapter of ``job`` (in this process, which may be one rank of a launched job) and save it to
-    ``<staging>/adapter`` from the main process. Returns the optimizer steps and the logged losses."""
+    ``<staging>/adapter`` from the main process; a checkpoint of the same job in ``job.checkpoints`` is resumed.
+    Returns the optimizer steps, the logged losses and the step the training resumed at (0 for a fresh start)."""
     import torch
     from datasets import Dataset
     from peft import PeftModel, get_peft_model
     from transformers import PrinterCallback, set_seed
+    from transformers.trainer_utils import get_last_checkpoint
 
     from restpg_dspy.models import load_tokenizer
 
@@ -485,8 +545,9 @@ def fit(job: TrainingJobSpec, tokenizer: Any = None) -> tuple[int, list[float]]:
         model = PeftModel.from_pretrained(model, job.start_from, is_trainable=True)
     else:
         model = get_peft_model(model, config.lora_config())
+    checkpoints = Path(job.checkpoints) if job.checkpoints else None
     arguments = config.sft_config(
-        staging / "trainer", use_cpu=device == "cpu", bf16=dtype == torch.bfloat16 and device != "cpu"
+        checkpoints or staging / "trainer", use_cpu=device == "cpu", bf16=dtype == torch.bfloat16 and device != "cpu"
     )
     trainer_class, progress_bar = _trainer_classes()
     trainer = trainer_class(
@@ -498,15 +559,18 @@ def fit(job: TrainingJobSpec, tokenizer: Any = None) -> tuple[int, list[float]]:
     )
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(progress_bar())
-    trainer.train()
+    resume = get_last_checkpoint(str(checkpoints)) if checkpoints and checkpoints.is_dir() else None
+    resumed_at = int(Path(resume).name.rsplit("-", 1)[1]) if resume else 0
+    trainer.train(resume_from_checkpoint=resume)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     if trainer.is_world_process_zero():
         model.save_pretrained(staging / "adapter")
-        (staging / "fit.json").write_text(json.dumps({"steps": trainer.state.global_step, "losses": losses}))
-    return trainer.state.global_step, losses
+        fitted = {"steps": trainer.state.global_step, "losses": losses, "resumed_at_step": resumed_at}
+        (staging / "fit.json").write_text(json.dumps(fitted))
+    return trainer.state.global_step, losses, resumed_at
 
 
-def _fit_in_processes(job: TrainingJobSpec) -> tuple[int, list[float]]:
+def _fit_in_processes(job: TrainingJobSpec) -> tuple[int, list[float], int]:
     """Run :func:`fit` in ``num_processes`` launched processes; their output goes to ``<staging>/launch.log``."""
     import subprocess
     import sys
@@ -532,7 +596,7 @@ def _fit_in_processes(job: TrainingJobSpec) -> tuple[int, list[float]]:
             raise NonFiniteLossError("the training loss was not finite in a launched process; no adapter was published")
         raise RuntimeError(f"the launched training ({' '.join(command[1:4])} ...) failed; its output ends:\n{tail}")
     result = json.loads((staging / "fit.json").read_text())
-    return result["steps"], result["losses"]
+    return result["steps"], result["losses"], result["resumed_at_step"]
 
 
 if __name__ == "__main__":  # one process of a launched multi-process training

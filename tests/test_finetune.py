@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -198,6 +199,46 @@ def test_non_finite_loss_publishes_nothing(tiny_lm, tmp_path):
     with pytest.raises(NonFiniteLossError, match="no adapter was published"):
         train(tiny_lm, [chat("Largest animal?")] * 4, tmp_path, learning_rate=1e30, max_grad_norm=1e30, max_steps=6)
     assert [p for p in out.iterdir()] == []
+
+
+def test_an_interrupted_training_resumes_from_its_checkpoint_to_the_same_adapter(tiny_lm, tmp_path, monkeypatch):
+    import restpg_dspy.finetune as finetune
+
+    rows = [chat("Largest animal?"), chat("Fastest bird?", "peregrine falcon"), chat("Tallest tree?", "redwood")]
+    settings = {"max_steps": 6, "save_steps": 2, "per_device_train_batch_size": 2}  # dropout on: random states matter
+    whole, uninterrupted = train(tiny_lm, rows, tmp_path / "whole", **settings)
+    assert whole.log["resumed_at_step"] == 0 and list((tmp_path / "whole" / "adapters").iterdir()) == [
+        Path(whole.log["adapter"])
+    ]  # the checkpoints of a finished job are gone
+
+    trainer_class, progress_bar = finetune._trainer_classes()
+
+    class Killed(Exception):
+        pass
+
+    class Interrupt(progress_bar):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 5:
+                raise Killed
+            return super().on_step_end(args, state, control, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(finetune, "_trainer_classes", lambda: (trainer_class, Interrupt))
+        with pytest.raises(Killed):
+            train(tiny_lm, rows, tmp_path / "cut", **settings)
+    (kept,) = (tmp_path / "cut" / "adapters").glob(".checkpoints-*")
+    assert sorted(p.name for p in kept.glob("checkpoint-*")) == ["checkpoint-4"]
+    resumed, again = train(tiny_lm, rows, tmp_path / "cut", **settings)
+    assert resumed.log["resumed_at_step"] == 4 and resumed.log["steps"] == 6
+    assert again.model == uninterrupted.model  # the same weights, to the hash
+    assert not kept.exists()
+
+
+def test_checkpoints_can_be_turned_off_and_not_made_negative(tiny_lm, tmp_path):
+    job, _ = train(tiny_lm, [chat("Largest animal?")] * 2, tmp_path, max_steps=2, save_steps=0)
+    assert job.log["resumed_at_step"] == 0
+    with pytest.raises(ValueError, match="save_steps must be >= 0"):
+        LoRATrainingConfig.from_kwargs({"save_steps": -1})
 
 
 @pytest.mark.slow
