@@ -471,8 +471,22 @@ def _claim_checkpoints(root: Path, job: TrainingJobSpec) -> Any:
         lock.close()
         logger.warning("another process is training the same job in %s; this one keeps no checkpoints", folder)
         return None
+    _remove_incomplete_checkpoints(folder)
     job.checkpoints = str(folder)
     return lock
+
+
+def _remove_incomplete_checkpoints(folder: Path) -> None:
+    """Delete checkpoints whose writing was cut off: the trainer writes ``trainer_state.json`` last, and an older
+    checkpoint is rotated out only after a newer one is complete, so the newest complete one remains."""
+    for checkpoint in folder.glob("checkpoint-*"):
+        try:
+            state = json.loads((checkpoint / "trainer_state.json").read_text())
+            complete = str(state["global_step"]) == checkpoint.name.removeprefix("checkpoint-")
+        except (OSError, ValueError, KeyError):
+            complete = False
+        if not complete:
+            shutil.rmtree(checkpoint, ignore_errors=True)
 
 
 def _release_checkpoints(folder: Path, lock: Any, keep: bool) -> None:

@@ -228,6 +228,8 @@ def test_an_interrupted_training_resumes_from_its_checkpoint_to_the_same_adapter
             train(tiny_lm, rows, tmp_path / "cut", **settings)
     (kept,) = (tmp_path / "cut" / "adapters").glob(".checkpoints-*")
     assert sorted(p.name for p in kept.glob("checkpoint-*")) == ["checkpoint-4"]
+    (kept / "checkpoint-6").mkdir()  # a checkpoint whose writing was cut off is passed over
+    (kept / "checkpoint-6" / "trainer_state.json").write_text('{"global_st')
     resumed, again = train(tiny_lm, rows, tmp_path / "cut", **settings)
     assert resumed.log["resumed_at_step"] == 4 and resumed.log["steps"] == 6
     assert again.model == uninterrupted.model  # the same weights, to the hash

@@ -69,6 +69,13 @@ def compile_state(run_dir: Path) -> dict:
     }
 
 
+def complete_json(path: Path) -> bool:
+    try:
+        return bool(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        return False
+
+
 def duplicated(run_dir: Path) -> int:
     notes = Counter(row["id"] for row in read_jsonl(run_dir / "teacher_reasoning.jsonl"))
     samples = Counter((row["id"], row["index"]) for row in read_jsonl(run_dir / "round_1/samples.jsonl"))
@@ -92,7 +99,7 @@ def config(tiny_model_dir, tmp_path_factory) -> Path:
     path.write_text(
         f"student: local:{tiny_model_dir}\nsynthetic_train_users: 4\nsynthetic_test_users: 4\nmax_tokens: 12\n"
         "metrics: [rouge_l]\nnum_threads: 4\noptimizer: {rounds: 1, samples_per_input: 2, verbose: false}\n"
-        "train_kwargs: {max_steps: 6}\n"
+        "train_kwargs: {max_steps: 6, save_steps: 2}\n"
     )
     return path
 
@@ -101,6 +108,9 @@ KILL_POINTS = {
     "teacher reasoning": lambda d: len(read_jsonl(d / "teacher_reasoning.jsonl")) >= 3,
     "SFT M-step (training)": lambda d: (
         any((d / "adapters").glob(".training-*")) and not (d / "sft/model.json").exists()
+    ),
+    "SFT M-step (after a checkpoint)": lambda d: any(
+        complete_json(state) for state in (d / "adapters").glob(".checkpoints-*/checkpoint-*/trainer_state.json")
     ),
     "right after SFT M-step": lambda d: (d / "sft/model.json").exists(),
     "round 1 sampling": lambda d: len(read_jsonl(d / "round_1/samples.jsonl")) >= 3,
@@ -130,7 +140,10 @@ def test_killed_compiles_and_evaluations_resume_to_the_uninterrupted_state(confi
         rows_after = len(state["notes"]) + len(state["samples"])
         table.append((point, lost, duplicated(run_dir), f"{rows_after - at_kill} rows, {2 - trained} M-steps"))
         assert state == reference, f"killed at {point}: the resumed run differs from the uninterrupted one"
-        assert duplicated(run_dir) == 0 and not list((run_dir / "adapters").glob(".training-*"))
+        assert duplicated(run_dir) == 0 and not list((run_dir / "adapters").glob(".[tc][rh][ae]*-*"))
+        if point == "SFT M-step (after a checkpoint)":
+            sft_adapter = json.loads((run_dir / "sft/model.json").read_text())["adapter"]
+            assert json.loads((Path(sft_adapter) / "training_log.json").read_text())["resumed_at_step"] >= 2
 
     evaluate_args = ("evaluate", "--program", str(reference_dir / "program.json"), "--data", "synthetic")
     eval_reference = tmp_path / "eval-reference"
