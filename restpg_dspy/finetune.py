@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from dspy.clients.provider import Provider, TrainingJob
 
 from restpg_dspy.errors import UsageError
+from restpg_dspy.memory import release_memory
 from restpg_dspy.models import accepts_logits_to_keep, load_causal_lm, resolve_dtype
 from restpg_dspy.serving import adapter_hash, default_adapter_root
 from restpg_dspy.training_data import tokenize_rows
@@ -455,6 +456,7 @@ def train_lora(
         shutil.rmtree(staging, ignore_errors=True)
         if claim is not None:
             _release_checkpoints(Path(job.checkpoints), claim, keep=not finished)
+        release_memory()  # the training's activations, or each M-step of a run would keep its peak resident
 
 
 def _claim_checkpoints(root: Path, job: TrainingJobSpec) -> Any:
