@@ -32,7 +32,7 @@ def resident_gib():
 lm = restpg_dspy.lm(model)
 tokenizer = lm.engine.loaded.tokenizer
 prompt = " ".join(f"Post {i}: a cold walk with the dog, then soup for the kids." for i in range(200))
-prompt = tokenizer.decode(tokenizer(prompt)["input_ids"][: length - 40])
+prompt = tokenizer.decode(tokenizer(prompt)["input_ids"][: length - 100])  # room for the template and answer
 data = [
     {"messages": [{"role": "user", "content": f"{prompt}\nRequest {i}: write a short note."},
                   {"role": "assistant", "content": f"Hey folks! Note number {i}, short and warm. Hugs, Zoe"}]}
@@ -68,9 +68,9 @@ def main() -> None:
         sizes = [str(args.trainings), str(args.rows), str(args.length)]
         command = [sys.executable, "-c", CHILD, variant, args.model, *sizes]
         started = time.monotonic()
-        finished = subprocess.run(
-            command, capture_output=True, text=True, check=True, env={**os.environ, **environment}
-        )
+        finished = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **environment})
+        if finished.returncode != 0:
+            raise SystemExit(f"the {variant} run failed:\n{finished.stderr[-3000:]}")
         results[variant] = json.loads(finished.stdout.strip().splitlines()[-1])
         after = "  ".join(f"{gib:.2f}" for gib in results[variant]["after"])
         print(
