@@ -575,7 +575,7 @@ def fit(job: TrainingJobSpec, tokenizer: Any = None) -> tuple[int, list[float], 
     )
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(progress_bar())
-    resume = get_last_checkpoint(str(checkpoints)) if checkpoints and checkpoints.is_dir() else None
+    resume = get_last_checkpoint(str(checkpoints)) if checkpoints else None  # the folder exists once claimed
     resumed_at = int(Path(resume).name.rsplit("-", 1)[1]) if resume else 0
     trainer.train(resume_from_checkpoint=resume)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
