@@ -16,16 +16,41 @@ Example:
 
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
 from collections.abc import Iterable
 from itertools import pairwise
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from restpg_dspy.errors import UsageError
 from restpg_dspy.evals.evaluate import EvaluationResult
+
+
+def read_rows(path: str | Path) -> list[dict[str, Any]]:
+    """The per-example rows of a predictions file (``EvaluationResult.to_jsonl``), checked line by line.
+
+    Raises:
+        UsageError: the file is missing, or a line is not a JSON object with an ``id`` (the line is named).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"predictions file {path} does not exist")
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UsageError(f"{path}, line {number}: not JSON ({err.msg})") from None
+        if not isinstance(row, dict) or "id" not in row:
+            raise UsageError(f"{path}, line {number}: a row must be a JSON object with an 'id'")
+        rows.append(row)
+    return rows
 
 
 def _rows(result: EvaluationResult | list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -79,6 +79,14 @@ class RESTPGConfig:
             "restpg_dspy.finetune.LoRATrainingConfig); adapters go to <run_dir>/adapters unless set."
         },
     )
+    sft_train_kwargs: dict[str, Any] | None = field(
+        default=None,
+        metadata={
+            "help": "Fine-tuning settings of the SFT stage only, over train_kwargs (None: the same as the M-steps). "
+            "A lighter SFT stage than the M-steps leaves the policy uncertain enough for the E-step to explore: an "
+            "SFT stage that memorises the trainset samples the same trace for every draw."
+        },
+    )
     num_threads: int = field(default=16, metadata={"help": "Concurrent program runs (the local engine batches them)."})
     teacher_reasoning: bool = field(
         default=True,
@@ -121,6 +129,8 @@ class RESTPGConfig:
         ):
             raise UsageError("reasoning_length_penalty must be >= 0 and needs a reasoning_length_target")
         self.train_kwargs = dict(self.train_kwargs or {})
+        if self.sft_train_kwargs is not None:
+            self.sft_train_kwargs = dict(self.sft_train_kwargs)
 
     @classmethod
     def help(cls, name: str) -> str:

@@ -94,6 +94,7 @@ class _Job:
     reasoning_names: set[str]
     run: RunDir
     train_kwargs: dict[str, Any]
+    sft_train_kwargs: dict[str, Any]
     sampling_lm: Callable[[dspy.LM], dspy.LM] | None
 
     def program_on(self, lm: dspy.LM) -> dspy.Module:
@@ -235,7 +236,8 @@ class RESTPG(Teleprompter):
         run = RunDir(self.config.run_dir or tempfile.mkdtemp(prefix="restpg-run-"), config)
         self._log(f"{type(self).__name__} run directory: {run.path}")
         train_kwargs = {"output_dir": str(run.path / "adapters"), **self.config.train_kwargs}
-        return _Job(template, base, teacher, reasoning_names, run, train_kwargs, sampling_lm)
+        sft_train_kwargs = {**train_kwargs, **(self.config.sft_train_kwargs or {})}
+        return _Job(template, base, teacher, reasoning_names, run, train_kwargs, sft_train_kwargs, sampling_lm)
 
     def _sft_rows(self, job: _Job, trainset: list[dspy.Example], reasoning: dict[Any, str]) -> list[dict[str, Any]]:
         """The program's own prompts with the teacher's notes and the real output as the targets."""
@@ -495,7 +497,7 @@ class RESTPG(Teleprompter):
         if done is not None:
             return _restore_lm(base, done)
         run.write_jsonl(f"{stage}/rows.jsonl", rows)
-        kwargs = dict(job.train_kwargs)
+        kwargs = dict(job.sft_train_kwargs if stage == "sft" else job.train_kwargs)
         if start is not base:
             kwargs["start_from"] = "adapter"
         self._log(f"{stage}: fine-tuning {start.model} on {len(rows)} rows")

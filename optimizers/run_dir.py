@@ -75,8 +75,8 @@ class RunDir:
                 self.write_json("config.json", stored)
         if stored is None:
             self.write_json("config.json", config)
-        elif stored != config:
-            changed = sorted(k for k in set(stored) | set(config) if stored.get(k) != config.get(k))
+        elif changed := sorted(k for k in set(stored) | set(config) if stored.get(k) != config.get(k)):
+            # A setting that a later version added is absent from older runs: at its None default it is the same run.
             details = "; ".join(
                 f"{k}: {_shown(stored.get(k))} in the run, {_shown(config.get(k))} now" for k in changed
             )

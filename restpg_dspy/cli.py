@@ -1,4 +1,4 @@
-"""The ``restpg`` command: demo, compile, evaluate, table and report.
+"""The ``restpg`` command: demo, compile, evaluate, table, compare and report.
 
 Backends are strings everywhere: ``local`` (the embedded SmolLM2-135M-Instruct), ``local:<folder or hf id>``, or
 any LiteLLM model such as ``openai/gpt-4o-mini``. Data: ``synthetic`` or ``longlamp:<task>[:<file with {split}>]``.
@@ -91,6 +91,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--metrics", help=f"comma-separated: {','.join(METRIC_NAMES)}")
 
+    compare = commands.add_parser(
+        "compare",
+        help="paired difference of two evaluations of the same test examples (predictions files), resampling users",
+    )
+    compare.add_argument("predictions", nargs=2, help="two predictions files (A, B): the difference is A - B")
+    compare.add_argument("--names", help="comma-separated names of A and B (default: folder/file of each)")
+    compare.add_argument("--metrics", help="comma-separated metric names (default: the scores both files have)")
+    compare.add_argument(
+        "--config", help="the config file of the run: its test split also compares seen and held-out wordings"
+    )
+
     report = commands.add_parser("report", help="render tables and plots of a compile run or a table run")
     report.add_argument("run_dir", help="a compile run directory (history.json) or a table run (results.json)")
     return parser
@@ -182,6 +193,31 @@ def run_evaluate(args: argparse.Namespace) -> None:
     print(f"per-example results: {out / 'evaluation.jsonl'} ({result.cached_predictions} predictions from the cache)")
 
 
+def run_compare(args: argparse.Namespace) -> None:
+    from restpg_dspy.evals.paired import adjacent_differences, differences_table, read_rows
+    from restpg_dspy.experiments import TableConfig, load_task
+    from restpg_dspy.experiments.table import wording_subsets
+
+    paths = [Path(p) for p in args.predictions]
+    names = args.names.split(",") if args.names else [f"{p.parent.name}/{p.name.split('.')[0]}" for p in paths]
+    if len(names) != 2 or names[0] == names[1]:
+        raise UsageError(f"--names needs two different names, got {names}")
+    rows = dict(zip(names, (read_rows(p) for p in paths), strict=True))
+    if args.metrics:
+        metrics = args.metrics.split(",")
+    else:
+        scored = [{k for row in r for k, v in row.items() if isinstance(v, float)} for r in rows.values()]
+        metrics = sorted(scored[0] & scored[1])
+    subsets: dict[str, set[str] | None] = {"all": None}
+    if args.config:
+        config = TableConfig.from_file(args.config)
+        subsets = wording_subsets(load_task(config.tasks[0], config)[1])
+    entries = adjacent_differences(rows, names, metrics, subsets)
+    if not entries:
+        raise UsageError(f"{paths[0]} and {paths[1]} share no scored example for the metrics {metrics}")
+    print(differences_table(entries))
+
+
 def run_report(run_dir: str) -> None:
     from restpg_dspy.evals.report import markdown_table, plot_scores
     from restpg_dspy.optimizers.report import report_compile_run
@@ -226,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
             run_compile(args)
         elif args.command == "evaluate":
             run_evaluate(args)
+        elif args.command == "compare":
+            run_compare(args)
         else:
             run_report(args.run_dir)
     except (UsageError, FileNotFoundError) as err:  # a mistake in the inputs: one line; anything else: a traceback

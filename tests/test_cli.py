@@ -1,3 +1,4 @@
+import json
 import logging
 
 import pytest
@@ -55,6 +56,34 @@ def test_table_command_prints_the_table(tiny_config, tmp_path, capsys):
     )
     assert "| no-personalization |" in capsys.readouterr().out
     assert main(["report", str(run)]) == 0
+
+
+def test_compare_pairs_two_predictions_files_on_seen_and_held_out_wordings(tmp_path, capsys):
+    from restpg_dspy.experiments import TableConfig, load_task
+
+    config = tmp_path / "choice.yaml"
+    config.write_text("synthetic_task: implicit_choice\nsynthetic_train_users: 2\nsynthetic_test_users: 8\n")
+    _, testset = load_task("synthetic", TableConfig.from_file(config))
+    files = []
+    for name, bonus in (("a", 0.5), ("b", 0.0)):  # A beats B by 0.5 on held-out wordings only
+        rows = [
+            {"id": e.id, "user_id": e.user_id, "rouge_l": 0.25 + (bonus if e.wording == "held_out" else 0.0)}
+            for e in testset
+        ]
+        files.append(tmp_path / name / "m.predictions.jsonl")
+        files[-1].parent.mkdir()
+        files[-1].write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["compare", *map(str, files), "--config", str(config)]) == 0
+    table = capsys.readouterr().out
+    held_out = sum(e.wording == "held_out" for e in testset)
+    assert 0 < held_out < len(testset)
+    assert f"| a/m − b/m | held_out (n={held_out}) | +0.500 [+0.500, +0.500] |" in table
+    assert f"| a/m − b/m | seen (n={len(testset) - held_out}) | +0.000 [+0.000, +0.000] |" in table
+    assert main(["compare", *map(str, files), "--names", "x,x"]) == 2
+    assert "two different names" in capsys.readouterr().err
+    files[1].write_text(files[1].read_text() + "{not json\n")
+    assert main(["compare", *map(str, files)]) == 2
+    assert f"{files[1]}, line {len(testset) + 1}: not JSON" in capsys.readouterr().err
 
 
 def test_truncation_warnings_are_counted_not_printed(tiny_model_dir, caplog):

@@ -131,6 +131,25 @@ def test_continue_training_starts_from_the_previous_adapter(writer, trainset, tm
     assert round_1["training"]["start_from"] == sft["adapter"]
 
 
+def test_the_sft_stage_can_train_on_its_own_budget(writer, trainset, tmp_path):
+    optimizer(tmp_path, sft_train_kwargs={"max_steps": 1, "learning_rate": 1e-3}).compile(writer, trainset=trainset)
+    sft = json.loads((tmp_path / "sft/model.json").read_text())["training"]
+    round_1 = json.loads((tmp_path / "round_1/model.json").read_text())["training"]
+    assert (sft["steps"], sft["config"]["learning_rate"], sft["config"]["r"]) == (1, 1e-3, TRAIN["r"])
+    assert (round_1["steps"], round_1["config"]["learning_rate"]) == (2, TRAIN["learning_rate"])
+    with pytest.raises(RunDirConflict, match="sft_train_kwargs"):
+        optimizer(tmp_path, sft_train_kwargs={"max_steps": 2}).compile(writer, trainset=trainset)
+
+
+def test_a_run_written_before_a_setting_existed_resumes_at_its_default(writer, trainset, tmp_path):
+    optimizer(tmp_path, rounds=0).compile(writer, trainset=trainset)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "sft_train_kwargs"}))
+    sft = (tmp_path / "sft/model.json").read_text()
+    optimizer(tmp_path, rounds=0).compile(writer, trainset=trainset)
+    assert (tmp_path / "sft/model.json").read_text() == sft  # resumed, nothing trained again
+
+
 class Interrupted(BaseException):
     """Stands for a crash or Ctrl-C in the middle of a round."""
 
