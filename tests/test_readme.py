@@ -56,3 +56,16 @@ def test_ordering_control_differs_from_the_experiment_only_in_its_teacher_and_me
     # Sized for the truth: >= 128 training examples, >= 2 rounds of >= 4 samples, >= 240 test examples from >= 80 users.
     assert experiment.synthetic_train_users * 3 >= 128 and experiment.synthetic_test_users >= 80
     assert experiment.optimizer["rounds"] >= 2 and experiment.optimizer["samples_per_input"] >= 4
+
+
+def test_ordering_variant_differs_from_the_experiment_only_in_its_sft_stage_budget_and_methods():
+    from restpg_dspy.experiments import TableConfig
+
+    experiment = TableConfig.from_file(REPO / "configs/ordering.yaml")
+    variant = TableConfig.from_file(REPO / "configs/ordering_explore.yaml")
+    for name in TableConfig.__dataclass_fields__:
+        if name not in ("run_dir", "methods", "optimizer"):
+            assert getattr(variant, name) == getattr(experiment, name), name
+    sft_stage = variant.optimizer.pop("sft_train_kwargs")
+    assert variant.optimizer == experiment.optimizer and variant.methods == ["rest-pg"]
+    assert sft_stage["num_train_epochs"] < experiment.train_kwargs["num_train_epochs"]
