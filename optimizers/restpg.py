@@ -74,6 +74,7 @@ STAGE_FIELDS = (
     "reward_p90",
     "keep_rate",
     "inputs_without_kept",
+    "distinct_per_input",
     "truncation_rate",
     "reasoning_truncation_rate",
     "response_truncation_rate",
@@ -439,7 +440,7 @@ class RESTPG(Teleprompter):
             for sample in rows:
                 if self.config.threshold is not None and sample["score"] < self.config.threshold:
                     break
-                key = json.dumps([c["outputs"] for c in sample["trace"]], sort_keys=True)
+                key = _trace_key(sample)
                 if key in seen:  # identical traces would only over-weight one answer
                     continue
                 seen.add(key)
@@ -472,6 +473,10 @@ class RESTPG(Teleprompter):
             return round(sum(1 for s in samples if flag(s)) / len(samples), 4) if samples else 0.0
 
         lengths = [s["reasoning_tokens"] for s in samples if s.get("reasoning_tokens") is not None]
+        traces: dict[str, set[str]] = defaultdict(set)
+        for sample in samples:
+            if sample.get("reward") is not None:
+                traces[sample["id"]].add(_trace_key(sample))
 
         return {
             "samples": len(samples),
@@ -482,6 +487,8 @@ class RESTPG(Teleprompter):
             "kept": len(kept),
             "keep_rate": round(len(kept) / len(rewards), 4) if rewards else 0.0,
             "inputs_without_kept": len(inputs - kept_inputs),
+            # 1.0 means every draw of an input was the same trace: nothing for the selection to choose from.
+            "distinct_per_input": round(statistics.fmean(map(len, traces.values())), 2) if traces else None,
             "truncation_rate": rate(lambda s: s.get("truncated")),
             "reasoning_truncation_rate": rate(lambda s: "reasoning" in s.get("truncated_steps", ())),
             "response_truncation_rate": rate(lambda s: "response" in s.get("truncated_steps", ())),
@@ -597,6 +604,11 @@ class ReSTEM(RESTPG):
 
     def __init__(self, metric: Metric | None = None, **kwargs: Any):
         super().__init__(metric, **{**kwargs, "teacher_reasoning": False})
+
+
+def _trace_key(sample: dict[str, Any]) -> str:
+    """What a sampled trace wrote, at every step: equal keys are the same trace."""
+    return json.dumps([call["outputs"] for call in sample["trace"]], sort_keys=True)
 
 
 def _single_lm(lms: dict[str, dspy.LM]) -> dspy.LM:

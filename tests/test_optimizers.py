@@ -64,6 +64,14 @@ def test_cap_top_fraction_and_duplicates_per_input():
     assert RESTPG()._select(failed) == []
 
 
+def test_rounds_report_how_many_distinct_traces_each_input_drew():
+    memorised = [sample("a", i, 1.0, "same") for i in range(4)] + [sample("b", i, 1.0, "same") for i in range(4)]
+    optimizer = RESTPG()
+    assert optimizer._round_stats(memorised, optimizer._select(memorised))["distinct_per_input"] == 1.0
+    exploring = [sample("a", i, 0.5, f"answer {i % 3}") for i in range(4)] + [sample("b", 0, 0.5)]
+    assert optimizer._round_stats(exploring, optimizer._select(exploring))["distinct_per_input"] == 2.0  # (3 + 1) / 2
+
+
 def test_reasoning_length_penalty_prefers_shorter_reasoning_among_good_answers():
     samples = [
         {**sample("a", 0, 0.9, "long"), "reasoning_tokens": 40},
@@ -122,6 +130,7 @@ def test_compile_writes_a_readable_run_and_trains_each_stage(writer, trainset, t
     assert {"reward_mean", "reward_median", "reward_p90", "keep_rate", "inputs_without_kept", "truncation_rate"} <= set(
         metrics
     )
+    assert 1 < metrics["distinct_per_input"] <= 3
 
 
 def test_continue_training_starts_from_the_previous_adapter(writer, trainset, tmp_path):
