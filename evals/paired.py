@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -62,7 +62,7 @@ def paired_bootstrap(
     result_b: EvaluationResult | list[dict[str, Any]],
     metric: str,
     *,
-    by: str = "user_id",
+    by: str | Mapping[str, str] = "user_id",
     ids: Iterable[str] | None = None,
     draws: int = 2000,
     seed: int = 0,
@@ -73,7 +73,8 @@ def paired_bootstrap(
         result_a: An :class:`EvaluationResult` or its rows (dicts with ``id``, ``by`` and the metric).
         result_b: The same for the method compared against.
         metric: A metric name of both results (e.g. ``"rouge_l"``).
-        by: The row field whose groups are resampled (``"user_id"``; ``"id"`` resamples examples).
+        by: The row field whose groups are resampled (``"user_id"``; ``"id"`` resamples examples), or a mapping
+            from example id to group (e.g. the evidence wording each example hinges on).
         ids: Only these example ids (e.g. the held-out-wording examples).
         draws: Bootstrap resamples.
         seed: Seed of the resampling.
@@ -95,7 +96,8 @@ def paired_bootstrap(
         if not isinstance(left, float) or not isinstance(right, float):
             unpaired += 1
             continue
-        groups[str(a[key].get(by, key))].append(left - right)
+        group = by.get(key, key) if isinstance(by, Mapping) else a[key].get(by, key)
+        groups[str(group)].append(left - right)
     if not groups:
         raise UsageError(f"no example has a {metric!r} score in both results: nothing to compare")
     names = sorted(groups)
@@ -130,6 +132,7 @@ def adjacent_differences(
     order: list[str],
     metrics: list[str],
     subsets: dict[str, set[str] | None],
+    units: dict[str, str | Mapping[str, str]] | None = None,
 ) -> list[dict[str, Any]]:
     """Paired differences of each adjacent pair of ``order`` (methods absent from ``rows`` are skipped).
 
@@ -138,30 +141,37 @@ def adjacent_differences(
         order: Methods from the expected best to the expected worst, e.g. REST-PG, ReST-EM, SFT, RAG.
         metrics: Metric names to compare.
         subsets: ``{name: example ids}`` to compare on (``None``: all examples), e.g. seen and held-out wordings.
+        units: ``{name: by}`` of :func:`paired_bootstrap`, one interval each (default ``{"users": "user_id"}``).
+            Examples that share more than a user, such as the same evidence sentence, are not independent
+            either: resampling those groups shows how far a difference rests on a few of them.
 
     Returns:
-        One entry per (pair, subset, metric): ``better``, ``worse``, ``subset``, ``metric`` and the
-        :func:`paired_bootstrap` fields.
+        One entry per (pair, subset, unit, metric): ``better``, ``worse``, ``subset``, ``unit``, ``metric`` and
+        the :func:`paired_bootstrap` fields.
     """
     present = [method for method in order if method in rows]
     entries = []
     for better, worse in pairwise(present):
         for subset, ids in subsets.items():
-            for metric in metrics:
-                try:
-                    stats = paired_bootstrap(rows[better], rows[worse], metric, ids=ids)
-                except ValueError:
-                    continue
-                entries.append({"better": better, "worse": worse, "subset": subset, "metric": metric, **stats})
+            for unit, by in (units or {"users": "user_id"}).items():
+                for metric in metrics:
+                    try:
+                        stats = paired_bootstrap(rows[better], rows[worse], metric, by=by, ids=ids)
+                    except ValueError:
+                        continue
+                    pair = {"better": better, "worse": worse, "subset": subset, "unit": unit, "metric": metric}
+                    entries.append({**pair, **stats})
     return entries
 
 
 def differences_table(entries: list[dict[str, Any]]) -> str:
-    """A Markdown table of :func:`adjacent_differences`: one row per pair and subset, one column per metric."""
+    """A Markdown table of :func:`adjacent_differences`: one row per pair, subset and resampled unit, one column per
+    metric."""
     metrics = list(dict.fromkeys(e["metric"] for e in entries))
     cells: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)
     for entry in entries:
-        key = (f"{entry['better']} − {entry['worse']}", f"{entry['subset']} (n={entry['n_pairs']})")
+        examples = f"{entry['subset']} (n={entry['n_pairs']}, {entry['n_groups']} {entry.get('unit', 'groups')})"
+        key = (f"{entry['better']} − {entry['worse']}", examples)
         cells[key][entry["metric"]] = format_difference(entry)
     lines = ["| pair | examples | " + " | ".join(metrics) + " |", "|" + "---|" * (len(metrics) + 2)]
     for (pair, subset), values in cells.items():

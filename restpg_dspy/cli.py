@@ -99,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--names", help="comma-separated names of A and B (default: folder/file of each)")
     compare.add_argument("--metrics", help="comma-separated metric names (default: the scores both files have)")
     compare.add_argument(
-        "--config", help="the config file of the run: its test split also compares seen and held-out wordings"
+        "--config",
+        help="the config file of the run: its test split also compares seen and held-out wordings, and resamples "
+        "evidence wordings as well as users",
     )
 
     report = commands.add_parser("report", help="render tables and plots of a compile run or a table run")
@@ -196,7 +198,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
 def run_compare(args: argparse.Namespace) -> None:
     from restpg_dspy.evals.paired import adjacent_differences, differences_table, read_rows
     from restpg_dspy.experiments import TableConfig, load_task
-    from restpg_dspy.experiments.table import wording_subsets
+    from restpg_dspy.experiments.table import comparison_units, wording_subsets
 
     paths = [Path(p) for p in args.predictions]
     names = args.names.split(",") if args.names else [f"{p.parent.name}/{p.name.split('.')[0]}" for p in paths]
@@ -209,10 +211,12 @@ def run_compare(args: argparse.Namespace) -> None:
         scored = [{k for row in r for k, v in row.items() if isinstance(v, float)} for r in rows.values()]
         metrics = sorted(scored[0] & scored[1])
     subsets: dict[str, set[str] | None] = {"all": None}
+    units = None
     if args.config:
         config = TableConfig.from_file(args.config)
-        subsets = wording_subsets(load_task(config.tasks[0], config)[1])
-    entries = adjacent_differences(rows, names, metrics, subsets)
+        testset = load_task(config.tasks[0], config)[1]
+        subsets, units = wording_subsets(testset), comparison_units(testset)
+    entries = adjacent_differences(rows, names, metrics, subsets, units)
     if not entries:
         raise UsageError(f"{paths[0]} and {paths[1]} share no scored example for the metrics {metrics}")
     print(differences_table(entries))

@@ -77,8 +77,10 @@ def test_compare_pairs_two_predictions_files_on_seen_and_held_out_wordings(tmp_p
     table = capsys.readouterr().out
     held_out = sum(e.wording == "held_out" for e in testset)
     assert 0 < held_out < len(testset)
-    assert f"| a/m − b/m | held_out (n={held_out}) | +0.500 [+0.500, +0.500] |" in table
-    assert f"| a/m − b/m | seen (n={len(testset) - held_out}) | +0.000 [+0.000, +0.000] |" in table
+    users = len({e.user_id for e in testset if e.wording == "held_out"})
+    assert f"| a/m − b/m | held_out (n={held_out}, {users} users) | +0.500 [+0.500, +0.500] |" in table
+    seen = len({(e.fact, e.traits["wording"]) for e in testset if e.wording == "seen"})
+    assert f"| a/m − b/m | seen (n={len(testset) - held_out}, {seen} wordings) | +0.000 [+0.000, +0.000] |" in table
     assert main(["compare", *map(str, files), "--names", "x,x"]) == 2
     assert "two different names" in capsys.readouterr().err
     files[1].write_text(files[1].read_text() + "{not json\n")

@@ -314,6 +314,8 @@ def test_table_runner_and_compile_run_report(tiny_model_dir, tmp_path):
     assert pairs[("rest-em", "no-personalization", "all", "rouge_l")] == 6
     assert pairs[("rest-em", "no-personalization", "seen", "meteor")] == 3
     assert pairs[("rest-em", "no-personalization", "held_out", "meteor")] == 3
+    groups = {(e["subset"], e["unit"]): e["n_groups"] for e in paired if e["metric"] == "rouge_l"}
+    assert groups[("all", "users")] == 2 and 1 <= groups[("held_out", "wordings")] <= groups[("all", "wordings")]
     assert "rest-em − no-personalization" in (tmp_path / "table" / "paired.md").read_text()
 
 
@@ -368,6 +370,9 @@ def test_paired_bootstrap_resamples_users_and_matches_a_hand_computation():
     assert by_example["ci_high"] - by_example["ci_low"] < by_user["ci_high"] - by_user["ci_low"]
     only_u1 = paired_bootstrap(a, b, "m", ids={"u1-0", "u1-1"})
     assert only_u1 == {**only_u1, "mean_difference": 1.0, "ci_low": 1.0, "ci_high": 1.0, "n_pairs": 2}
+    pairs_of_users = {r["id"]: "u1+u2" if r["user_id"] in ("u1", "u2") else "u3+u4" for r in a}
+    by_mapping = paired_bootstrap(a, b, "m", by=pairs_of_users)
+    assert by_mapping["n_groups"] == 2 and by_mapping["mean_difference"] == by_user["mean_difference"]
     b[0]["m"] = None
     assert paired_bootstrap(a, b, "m")["unpaired"] == 1
     with pytest.raises(ValueError, match="no example has a 'rouge_l' score in both results"):

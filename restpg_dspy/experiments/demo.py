@@ -51,7 +51,8 @@ def run_demo(run_dir: str) -> None:
     print("\nREST-PG minus SFT, paired by example (95% interval resampling users):\n")
     print(f"{'examples':32s}" + "".join(f"{m:>28s}" for m in config.metrics))
     for subset in ("all", "seen", "held_out"):
-        cells = {e["metric"]: e for e in paired if (e["better"], e["worse"], e["subset"]) == ("rest-pg", "sft", subset)}
+        wanted = ("rest-pg", "sft", subset, "users")
+        cells = {e["metric"]: e for e in paired if (e["better"], e["worse"], e["subset"], e["unit"]) == wanted}
         if cells:
             label = f"{subset} wordings (n={next(iter(cells.values()))['n_pairs']})"
             print(f"{label:32s}" + "".join(format_difference(cells.get(m, {})).rjust(28) for m in config.metrics))

@@ -4,7 +4,8 @@ Methods (rows of REST-PG's Table 1, plus the uncompiled programs) are those of t
 (:data:`~restpg_dspy.experiments.registry.METHODS`). After the table, each adjacent pair of the paper's order
 (:data:`~restpg_dspy.experiments.registry.PAPER_ORDER`) is compared example by example
 (:func:`restpg_dspy.evals.paired_bootstrap`, resampling users), on all test examples and, for ``implicit_choice``,
-separately on seen and held-out evidence wordings: ``paired.md`` and ``paired.json``.
+separately on seen and held-out evidence wordings, with a second interval that resamples the evidence wordings
+themselves: ``paired.md`` and ``paired.json``.
 
 Example:
     >>> from restpg_dspy.experiments import TableConfig, run_table
@@ -101,6 +102,20 @@ def wording_subsets(testset: list[dspy.Example]) -> dict[str, set[str] | None]:
     return subsets
 
 
+def comparison_units(testset: list[dspy.Example]) -> dict[str, Any]:
+    """What paired comparisons resample: ``users`` and, where examples say which evidence sentence their answer
+    hinges on (``fact`` and ``traits["wording"]``), ``wordings``: generalising to a held-out wording is decided
+    sentence by sentence, so a difference there is only as sure as the few sentences behind it."""
+    from restpg_dspy.evals.evaluate import example_id
+
+    wordings = {
+        example_id(e): f"{e.fact}/{e.traits['wording']}"
+        for e in testset
+        if e.get("wording") and e.get("fact") and "wording" in (e.get("traits") or {})
+    }
+    return {"users": "user_id", **({"wordings": wordings} if wordings else {})}
+
+
 def run_table(config: TableConfig) -> dict[str, dict[str, Any]]:
     """Compile and evaluate every method on every task; write ``results.json``, ``table.md`` and plots.
 
@@ -141,7 +156,7 @@ def run_table(config: TableConfig) -> dict[str, dict[str, Any]]:
             print(f"[{slug}] {method}: {scores}", flush=True)
             (root / "results.json").write_text(json.dumps(results, indent=2))
         differences[slug] = adjacent_differences(
-            rows, list(registry.PAPER_ORDER), metric_names, wording_subsets(testset)
+            rows, list(registry.PAPER_ORDER), metric_names, wording_subsets(testset), comparison_units(testset)
         )
     (root / "paired.json").write_text(json.dumps(differences, indent=2))
     (root / "paired.md").write_text(
