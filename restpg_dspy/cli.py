@@ -96,7 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="paired difference of two evaluations of the same test examples (predictions files), resampling users",
     )
     compare.add_argument("predictions", nargs=2, help="two predictions files (A, B): the difference is A - B")
-    compare.add_argument("--names", help="comma-separated names of A and B (default: folder/file of each)")
+    compare.add_argument(
+        "--names", help="comma-separated names of A and B (default: the shortest endings of their paths that differ)"
+    )
     compare.add_argument("--metrics", help="comma-separated metric names (default: the scores both files have)")
     compare.add_argument(
         "--config",
@@ -195,13 +197,23 @@ def run_evaluate(args: argparse.Namespace) -> None:
     print(f"per-example results: {out / 'evaluation.jsonl'} ({result.cached_predictions} predictions from the cache)")
 
 
+def _distinct_names(paths: list[Path]) -> list[str]:
+    """The shortest endings of ``paths`` that tell them apart, without the file's suffixes (``run/synthetic/sft``)."""
+    stems = [[*p.parent.parts, p.name.split(".")[0]] for p in paths]
+    for depth in range(2, max(map(len, stems)) + 1):
+        names = ["/".join(parts[-depth:]) for parts in stems]
+        if len(set(names)) == len(names):
+            return names
+    return [str(p) for p in paths]
+
+
 def run_compare(args: argparse.Namespace) -> None:
     from restpg_dspy.evals.paired import adjacent_differences, differences_table, read_rows
     from restpg_dspy.experiments import TableConfig, load_task
     from restpg_dspy.experiments.table import comparison_units, wording_subsets
 
     paths = [Path(p) for p in args.predictions]
-    names = args.names.split(",") if args.names else [f"{p.parent.name}/{p.name.split('.')[0]}" for p in paths]
+    names = args.names.split(",") if args.names else _distinct_names(paths)
     if len(names) != 2 or names[0] == names[1]:
         raise UsageError(f"--names needs two different names, got {names}")
     rows = dict(zip(names, (read_rows(p) for p in paths), strict=True))

@@ -81,6 +81,11 @@ def test_compare_pairs_two_predictions_files_on_seen_and_held_out_wordings(tmp_p
     assert f"| a/m − b/m | held_out (n={held_out}, {users} users) | +0.500 [+0.500, +0.500] |" in table
     seen = len({(e.fact, e.traits["wording"]) for e in testset if e.wording == "seen"})
     assert f"| a/m − b/m | seen (n={len(testset) - held_out}, {seen} wordings) | +0.000 [+0.000, +0.000] |" in table
+    twin = tmp_path / "c" / "a" / "m.predictions.jsonl"  # the same ending as A's: named by one more folder
+    twin.parent.mkdir(parents=True)
+    twin.write_text(files[0].read_text())
+    assert main(["compare", str(twin), str(files[0])]) == 0
+    assert "| c/a/m − " in capsys.readouterr().out
     assert main(["compare", *map(str, files), "--names", "x,x"]) == 2
     assert "two different names" in capsys.readouterr().err
     files[1].write_text(files[1].read_text() + "{not json\n")
