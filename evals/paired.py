@@ -16,7 +16,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -28,6 +27,7 @@ import numpy as np
 
 from restpg_dspy.errors import UsageError
 from restpg_dspy.evals.evaluate import EvaluationResult
+from restpg_dspy.files import read_json_lines
 
 
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
@@ -36,20 +36,10 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
     Raises:
         UsageError: the file is missing, or a line is not a JSON object with an ``id`` (the line is named).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"predictions file {path} does not exist")
-    rows = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UsageError(f"{path}, line {number}: not JSON ({err.msg})") from None
+    rows = read_json_lines(path, "predictions file")
+    for number, row in enumerate(rows, start=1):
         if not isinstance(row, dict) or "id" not in row:
-            raise UsageError(f"{path}, line {number}: a row must be a JSON object with an 'id'")
-        rows.append(row)
+            raise UsageError(f"{path}, row {number}: a row must be a JSON object with an 'id'")
     return rows
 
 
@@ -170,7 +160,7 @@ def differences_table(entries: list[dict[str, Any]]) -> str:
     metrics = list(dict.fromkeys(e["metric"] for e in entries))
     cells: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)
     for entry in entries:
-        examples = f"{entry['subset']} (n={entry['n_pairs']}, {entry['n_groups']} {entry.get('unit', 'groups')})"
+        examples = f"{entry['subset']} (n={entry['n_pairs']}, {entry['n_groups']} {entry['unit']})"
         key = (f"{entry['better']} − {entry['worse']}", examples)
         cells[key][entry["metric"]] = format_difference(entry)
     lines = ["| pair | examples | " + " | ".join(metrics) + " |", "|" + "---|" * (len(metrics) + 2)]

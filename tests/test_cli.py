@@ -90,7 +90,7 @@ def test_compare_pairs_two_predictions_files_on_seen_and_held_out_wordings(tmp_p
     assert "two different names" in capsys.readouterr().err
     files[1].write_text(files[1].read_text() + "{not json\n")
     assert main(["compare", *map(str, files)]) == 2
-    assert f"{files[1]}, line {len(testset) + 1}: not JSON" in capsys.readouterr().err
+    assert f"{files[1]}, line {len(testset) + 1}: not valid JSON" in capsys.readouterr().err
 
 
 def test_truncation_warnings_are_counted_not_printed(tiny_model_dir, caplog):

@@ -16,6 +16,7 @@ from typing import Any
 import dspy
 
 from restpg_dspy.errors import UsageError
+from restpg_dspy.files import read_json_lines
 
 HUB_DATASET = "LongLaMP/LongLaMP"
 TASKS = ("abstract_generation", "product_review", "topic_writing", "email")
@@ -33,18 +34,11 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
         UsageError: the file is missing or a line/document is not valid JSON (naming the file and line).
     """
     path = Path(path)
+    if path.suffix == ".jsonl":
+        return read_json_lines(path, "data file")
     if not path.exists():
         raise UsageError(f"data file {path} does not exist")
     text = path.read_text(encoding="utf-8")
-    if path.suffix == ".jsonl":
-        records = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise UsageError(f"{path}, line {number}: not valid JSON ({err.msg})") from err
-        return records
     try:
         document = json.loads(text)
     except json.JSONDecodeError as err:

@@ -111,7 +111,7 @@ def comparison_units(testset: list[dspy.Example]) -> dict[str, Any]:
     wordings = {
         example_id(e): f"{e.fact}/{e.traits['wording']}"
         for e in testset
-        if e.get("wording") and e.get("fact") and "wording" in (e.get("traits") or {})
+        if e.get("fact") and "wording" in (e.get("traits") or {})
     }
     return {"users": "user_id", **({"wordings": wordings} if wordings else {})}
 
