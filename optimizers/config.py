@@ -87,6 +87,14 @@ class RESTPGConfig:
             "SFT stage that memorises the trainset samples the same trace for every draw."
         },
     )
+    sft_fraction: float | None = field(
+        default=None,
+        metadata={
+            "help": "The SFT stage (and the teacher) sees only this fraction of the training users, chosen by seed; "
+            "the E-steps sample every input (None: all of them). An SFT stage that memorises short outputs leaves "
+            "the E-step nothing to select on the inputs it trained on: on the rest, the reward tells samples apart."
+        },
+    )
     num_threads: int = field(default=16, metadata={"help": "Concurrent program runs (the local engine batches them)."})
     teacher_reasoning: bool = field(
         default=True,
@@ -121,6 +129,10 @@ class RESTPGConfig:
             raise UsageError("rounds must be >= 0, samples_per_input and max_per_input >= 1")
         if self.top_fraction is not None and not 0 < self.top_fraction <= 1:
             raise UsageError("top_fraction must be in (0, 1]")
+        if self.sft_fraction is not None and not 0 < self.sft_fraction <= 1:
+            raise UsageError(f"sft_fraction must be in (0, 1], not {self.sft_fraction}")
+        if self.sft_fraction is not None and not self.sft:
+            raise UsageError("sft_fraction chooses the SFT stage's examples; it needs sft=True")
         check_token_budget("reasoning_max_tokens", self.reasoning_max_tokens)
         check_token_budget("response_max_tokens", self.response_max_tokens)
         check_token_budget("reasoning_length_target", self.reasoning_length_target)

@@ -156,12 +156,20 @@ class RESTPG(Teleprompter):
             history.append(entry)
             self._summary(entry)
 
-        # 1. Hindsight reasoning: the teacher explains each real output.
-        reasoning = self._hindsight_reasoning(job, trainset) if self.config.teacher_reasoning else {}
+        sft_set = self._sft_examples(trainset)
+        if len(sft_set) < len(trainset):
+            users = sorted({_user(e) for e in sft_set})
+            job.run.write_json("sft/examples.json", {"users": users, "ids": [e.id for e in sft_set]})
+            self._log(
+                f"SFT stage: {len(sft_set)} of {len(trainset)} training examples ({len(users)} users); the E-steps "
+                f"sample all {len(trainset)}"
+            )
+        # 1. Hindsight reasoning: the teacher explains each real output the SFT stage trains on.
+        reasoning = self._hindsight_reasoning(job, sft_set) if self.config.teacher_reasoning else {}
         # 2. SFT on the teacher's reasoning and the real outputs.
         current_lm = job.base
         if self.config.sft:
-            rows = self._sft_rows(job, trainset, reasoning)
+            rows = self._sft_rows(job, sft_set, reasoning)
             current_lm = self._fine_tune(job, "sft", job.base, rows)
             finish({"stage": "sft", "model": current_lm.model, "rows": len(rows)}, current_lm)
         # 3. EM rounds: sample (E), keep the best (selection), fine-tune on them (M).
@@ -239,6 +247,17 @@ class RESTPG(Teleprompter):
         train_kwargs = {"output_dir": str(run.path / "adapters"), **self.config.train_kwargs}
         sft_train_kwargs = {**train_kwargs, **(self.config.sft_train_kwargs or {})}
         return _Job(template, base, teacher, reasoning_names, run, train_kwargs, sft_train_kwargs, sampling_lm)
+
+    def _sft_examples(self, trainset: list[dspy.Example]) -> list[dspy.Example]:
+        """The training examples of the SFT stage: whole users, a seeded ``sft_fraction`` of them (all without it)."""
+        if self.config.sft_fraction is None:
+            return trainset
+        users = sorted(
+            {_user(e) for e in trainset},
+            key=lambda user: hashlib.sha256(f"{self.config.seed}:{user}".encode()).digest(),
+        )
+        chosen = set(users[: max(1, round(self.config.sft_fraction * len(users)))])
+        return [e for e in trainset if _user(e) in chosen]
 
     def _sft_rows(self, job: _Job, trainset: list[dspy.Example], reasoning: dict[Any, str]) -> list[dict[str, Any]]:
         """The program's own prompts with the teacher's notes and the real output as the targets."""
@@ -609,6 +628,10 @@ class ReSTEM(RESTPG):
 def _trace_key(sample: dict[str, Any]) -> str:
     """What a sampled trace wrote, at every step: equal keys are the same trace."""
     return json.dumps([call["outputs"] for call in sample["trace"]], sort_keys=True)
+
+
+def _user(example: dspy.Example) -> str:
+    return str(example.get("user_id", example.id))
 
 
 def _single_lm(lms: dict[str, dspy.LM]) -> dspy.LM:

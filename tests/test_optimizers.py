@@ -150,6 +150,30 @@ def test_the_sft_stage_can_train_on_its_own_budget(writer, trainset, tmp_path):
         optimizer(tmp_path, sft_train_kwargs={"max_steps": 2}).compile(writer, trainset=trainset)
 
 
+def test_the_sft_stage_can_leave_users_for_the_e_step_to_meet_first(writer, tmp_path):
+    trainset = synthetic("train", seed=0, users=4, requests_per_user=1)
+    optimizer(tmp_path, sft_fraction=0.5, samples_per_input=2).compile(writer, trainset=trainset)
+    chosen = json.loads((tmp_path / "sft/examples.json").read_text())
+    assert len(chosen["users"]) == 2 and len(chosen["ids"]) == 2
+    reasoning = [json.loads(line) for line in (tmp_path / "teacher_reasoning.jsonl").read_text().splitlines()]
+    assert {row["id"] for row in reasoning} == set(chosen["ids"])  # the teacher explains only what SFT trains on
+    assert len((tmp_path / "sft/rows.jsonl").read_text().splitlines()) == 2 * 2
+    samples = [json.loads(line) for line in (tmp_path / "round_1/samples.jsonl").read_text().splitlines()]
+    assert {s["id"] for s in samples} == {e.id for e in trainset}  # the E-step samples every input
+    again = RESTPG(sft_fraction=0.5)._sft_examples(trainset)  # the choice is the seed's, not the run's
+    assert [e.id for e in again] == chosen["ids"]
+    assert [e.id for e in RESTPG(sft_fraction=0.5, seed=1)._sft_examples(trainset)] != chosen["ids"]
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [({"sft_fraction": 0}, "sft_fraction must be in"), ({"sft_fraction": 0.5, "sft": False}, "needs sft=True")],
+)
+def test_bad_sft_fractions_are_refused(settings, message):
+    with pytest.raises(ValueError, match=message):
+        RESTPG(**settings)
+
+
 def test_a_run_written_before_a_setting_existed_resumes_at_its_default(writer, trainset, tmp_path):
     optimizer(tmp_path, rounds=0).compile(writer, trainset=trainset)
     config = json.loads((tmp_path / "config.json").read_text())

@@ -58,14 +58,19 @@ def test_ordering_control_differs_from_the_experiment_only_in_its_teacher_and_me
     assert experiment.optimizer["rounds"] >= 2 and experiment.optimizer["samples_per_input"] >= 4
 
 
-def test_ordering_variant_differs_from_the_experiment_only_in_its_sft_stage_budget_and_methods():
+@pytest.mark.parametrize(
+    ("variant_file", "lever"),
+    [("ordering_explore.yaml", "sft_train_kwargs"), ("ordering_unseen_users.yaml", "sft_fraction")],
+)
+def test_each_ordering_variant_differs_from_the_experiment_in_one_optimizer_setting_and_its_methods(
+    variant_file, lever
+):
     from restpg_dspy.experiments import TableConfig
 
     experiment = TableConfig.from_file(REPO / "configs/ordering.yaml")
-    variant = TableConfig.from_file(REPO / "configs/ordering_explore.yaml")
+    variant = TableConfig.from_file(REPO / "configs" / variant_file)
     for name in TableConfig.__dataclass_fields__:
         if name not in ("run_dir", "methods", "optimizer"):
             assert getattr(variant, name) == getattr(experiment, name), name
-    sft_stage = variant.optimizer.pop("sft_train_kwargs")
+    variant.optimizer.pop(lever)
     assert variant.optimizer == experiment.optimizer and variant.methods == ["rest-pg"]
-    assert sft_stage["num_train_epochs"] < experiment.train_kwargs["num_train_epochs"]
