@@ -59,11 +59,14 @@ def test_ordering_control_differs_from_the_experiment_only_in_its_teacher_and_me
 
 
 @pytest.mark.parametrize(
-    ("variant_file", "lever"),
-    [("ordering_explore.yaml", "sft_train_kwargs"), ("ordering_unseen_users.yaml", "sft_fraction")],
+    ("variant_file", "lever", "value"),
+    [
+        ("ordering_explore.yaml", "sft_train_kwargs", {"num_train_epochs": 3, "learning_rate": 0.001}),
+        ("ordering_unseen_users.yaml", "sft_fraction", 0.5),
+    ],
 )
 def test_each_ordering_variant_differs_from_the_experiment_in_one_optimizer_setting_and_its_methods(
-    variant_file, lever
+    variant_file, lever, value
 ):
     from restpg_dspy.experiments import TableConfig
 
@@ -72,5 +75,5 @@ def test_each_ordering_variant_differs_from_the_experiment_in_one_optimizer_sett
     for name in TableConfig.__dataclass_fields__:
         if name not in ("run_dir", "methods", "optimizer"):
             assert getattr(variant, name) == getattr(experiment, name), name
-    variant.optimizer.pop(lever)
+    assert variant.optimizer.pop(lever) == value
     assert variant.optimizer == experiment.optimizer and variant.methods == ["rest-pg"]
