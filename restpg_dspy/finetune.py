@@ -393,6 +393,7 @@ def train_lora(
     checkpoint when it runs again, to the same adapter.
     """
     loaded = engine.loaded
+    _check_one_gpu_per_process(loaded.device, config.num_processes)
     tokenized, stats = tokenize_rows(loaded.tokenizer, rows, config.max_length)  # validates the rows first
     if stats.truncated:
         logger.warning(
@@ -541,6 +542,7 @@ def fit(job: TrainingJobSpec, tokenizer: Any = None) -> tuple[int, list[float], 
     ``<staging>/adapter`` from the main process; a checkpoint of the same job in ``job.checkpoints`` is resumed.
     Returns the optimizer steps, the logged losses and the step the training resumed at (0 for a fresh start)."""
     import torch
+    from accelerate.utils import parse_flag_from_env
     from datasets import Dataset
     from peft import PeftModel, get_peft_model
     from transformers import PrinterCallback, set_seed
@@ -552,7 +554,9 @@ def fit(job: TrainingJobSpec, tokenizer: Any = None) -> tuple[int, list[float], 
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(Path(job.model_path))
     set_seed(config.seed)
     device = job.device
-    if device.startswith("cuda") and "LOCAL_RANK" in os.environ:
+    if parse_flag_from_env("ACCELERATE_USE_CPU"):  # launched by an accelerate config that trains on the CPU
+        device = "cpu"
+    elif device.startswith("cuda") and "LOCAL_RANK" in os.environ:
         device = f"cuda:{os.environ['LOCAL_RANK']}"
     dtype = resolve_dtype(config.dtype, device)
     # A private copy of the base weights: LoRA layers are injected in place, and the served copy must not change.
@@ -584,6 +588,20 @@ def fit(job: TrainingJobSpec, tokenizer: Any = None) -> tuple[int, list[float], 
         fitted = {"steps": trainer.state.global_step, "losses": losses, "resumed_at_step": resumed_at}
         (staging / "fit.json").write_text(json.dumps(fitted))
     return trainer.state.global_step, losses, resumed_at
+
+
+def _check_one_gpu_per_process(device: str, num_processes: int) -> None:
+    """Refuse, before anything runs, a launched training on a GPU that has more processes than the machine has GPUs
+    (each process takes the GPU of its local rank)."""
+    if num_processes > 1 and device.startswith("cuda"):
+        import torch
+
+        gpus = torch.cuda.device_count()
+        if num_processes > gpus:
+            raise UsageError(
+                f"num_processes={num_processes} trains one process per GPU, but this machine has {gpus}; "
+                f"lower num_processes to {gpus} or less (or raise per_device_train_batch_size)"
+            )
 
 
 def _fit_in_processes(job: TrainingJobSpec) -> tuple[int, list[float], int]:

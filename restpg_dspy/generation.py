@@ -92,22 +92,22 @@ def _choose_tokens(
     index = torch.tensor(sampled, device=logits.device)
     temperatures = torch.tensor([params[r].temperature for r in sampled], device=logits.device)
     scaled = logits.index_select(0, index) / temperatures[:, None]
-    for j, row in enumerate(sampled):
-        k = params[row].top_k
-        if 0 < k < scaled.shape[-1]:
-            kth = torch.topk(scaled[j], k).values[-1]
-            scaled[j] = scaled[j].masked_fill(scaled[j] < kth, float("-inf"))
+    vocab = scaled.shape[-1]
+    top_k = [params[r].top_k if 0 < params[r].top_k < vocab else vocab for r in sampled]
+    top_k = torch.tensor(top_k, device=logits.device)
     top_p = torch.tensor([params[r].top_p for r in sampled], device=logits.device)
-    if bool((top_p < 1.0).any()):
-        sorted_logits, order = scaled.sort(dim=-1, descending=True)
-        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+    if bool((top_k < vocab).any()) or bool((top_p < 1.0).any()):
+        # A stable sort ranks tied logits by token id, as argmax does: top_k=1 is greedy even where bfloat16 ties.
+        sorted_logits, order = scaled.sort(dim=-1, descending=True, stable=True)
+        drop = torch.arange(vocab, device=logits.device)[None, :] >= top_k[:, None]
+        probs = sorted_logits.masked_fill(drop, float("-inf")).softmax(dim=-1)
         # Drop a token once the mass before it already reaches top_p; the most likely token always stays.
-        drop = (cumulative - sorted_logits.softmax(dim=-1)) >= top_p[:, None]
+        drop |= ((probs.cumsum(dim=-1) - probs) >= top_p[:, None]) & (top_p[:, None] < 1.0)
         scaled = scaled.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
     if generators is None:
         row_seeds = torch.tensor([seeds[r] for r in sampled], device=logits.device)
         row_steps = torch.tensor([steps[r] for r in sampled], device=logits.device)
-        noise = -torch.log(-torch.log(counter_uniforms(row_seeds, row_steps, scaled.shape[-1])))
+        noise = -torch.log(-torch.log(counter_uniforms(row_seeds, row_steps, vocab)))
         chosen.index_copy_(0, index, (scaled + noise).argmax(dim=-1))
         return chosen.tolist()
     picks = chosen.tolist()

@@ -1,10 +1,13 @@
+import dataclasses
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from restpg_dspy.errors import UsageError
 from restpg_dspy.finetune import LoRATrainingConfig, NonFiniteLossError, _trainer_classes, assistant_token_losses
 from restpg_dspy.training_data import TrainingDataError
 
@@ -123,8 +126,9 @@ def test_weighted_loss_and_gradients_equal_a_hand_computed_reference(tiny_model_
 
 def test_losses_from_kept_logits_equal_full_logits(tiny_engine):
     model = tiny_engine.loaded.model
-    labels = torch.tensor([[-100, -100, -100, 5, 6, 7], [-100, -100, 8, 9, -100, -100]])
-    inputs = {"input_ids": labels.clamp(min=3), "attention_mask": torch.tensor([[1] * 6, [1] * 4 + [0] * 2])}
+    labels = torch.tensor([[-100, -100, -100, 5, 6, 7], [-100, -100, 8, 9, -100, -100]], device=model.device)
+    mask = torch.tensor([[1] * 6, [1] * 4 + [0] * 2], device=model.device)
+    inputs = {"input_ids": labels.clamp(min=3), "attention_mask": mask}
     with torch.no_grad():
         token_loss, trained, outputs = assistant_token_losses(model, inputs, labels)
         full_logits = model(**inputs).logits[:, :-1].float()
@@ -244,7 +248,9 @@ def test_checkpoints_can_be_turned_off_and_not_made_negative(tiny_lm, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_processes_train_like_one_with_the_same_global_batch(tiny_lm, tmp_path):
+def test_two_processes_train_like_one_with_the_same_global_batch(tiny_lm, tiny_engine, tmp_path):
+    if tiny_engine.loaded.device.startswith("cuda") and torch.cuda.device_count() < 2:
+        pytest.skip("two training processes on a GPU need two GPUs")
     rows = [
         chat(q, a)
         for q, a in [
@@ -262,12 +268,21 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tiny_lm, tmp_pa
     assert one.log["losses"][-1] < one.log["losses"][0]  # the steps really trained
 
 
+def test_more_processes_than_gpus_are_refused_before_training(tiny_lm, tiny_engine, tmp_path, monkeypatch):
+    monkeypatch.setattr(tiny_engine, "loaded", dataclasses.replace(tiny_engine.loaded, device="cuda"))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(UsageError, match=r"num_processes=2 trains one process per GPU, but this machine has 1"):
+        train(tiny_lm, [chat("Largest animal?")], tmp_path, num_processes=2)
+    assert not (tmp_path / "adapters").exists()
+
+
 @pytest.mark.slow
-def test_an_accelerate_config_launches_the_training_through_accelerate(tiny_lm, tmp_path):
+def test_an_accelerate_config_launches_the_training_through_accelerate(tiny_lm, tiny_engine, tmp_path):
     config = tmp_path / "accelerate.yaml"
+    on_cpu = tiny_engine.loaded.device == "cpu"
     config.write_text(
         "compute_environment: LOCAL_MACHINE\ndistributed_type: 'NO'\nnum_machines: 1\nnum_processes: 1\n"
-        "use_cpu: true\nmixed_precision: 'no'\n"
+        f"use_cpu: {str(on_cpu).lower()}\nmixed_precision: 'no'\n"
     )
     rows = [chat("Largest animal?")] * 4
     common = {"lora_dropout": 0.0, "max_steps": 2, "learning_rate": 1e-2, "r": 4}
@@ -276,3 +291,16 @@ def test_an_accelerate_config_launches_the_training_through_accelerate(tiny_lm, 
     assert launched.log["config"]["accelerate_config"] == str(config)
     assert launched.log["losses"] == pytest.approx(here.log["losses"], rel=1e-4)
     assert tuned_launched.model == tuned_here.model  # the same adapter, trained in the launched process
+
+
+@pytest.mark.slow
+def test_an_accelerate_config_that_asks_for_the_cpu_trains_there_whatever_the_model_serves_on(tiny_lm, tmp_path):
+    config = tmp_path / "accelerate.yaml"
+    config.write_text(
+        "compute_environment: LOCAL_MACHINE\ndistributed_type: 'NO'\nnum_machines: 1\nnum_processes: 1\n"
+        "use_cpu: true\nmixed_precision: 'no'\n"
+    )
+    rows = [chat("Largest animal?")] * 4
+    job, tuned = train(tiny_lm, rows, tmp_path, accelerate_config=str(config), max_steps=2, r=4)
+    assert job.log["steps"] == 2 and all(math.isfinite(loss) for loss in job.log["losses"])
+    assert lora_b_norm(job) > 0 and tuned.model.startswith(tiny_lm.model + "+lora-")

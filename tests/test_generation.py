@@ -141,3 +141,21 @@ def test_batch_sampling_without_generators_is_per_row_and_has_the_right_distribu
     together = _choose_tokens(logits, mixed, None, [11, 12, 13], [4, 0, 9])
     alone = [_choose_tokens(logits[i : i + 1], [mixed[i]], None, [11 + i], [[4, 0, 9][i]])[0] for i in range(3)]
     assert together == alone and together[1] == int(logits[1].argmax())
+
+
+@pytest.mark.parametrize("with_generators", [False, True])
+def test_top_k_one_picks_the_greedy_token_among_tied_logits(with_generators):
+    logits = torch.zeros(1, 16)
+    logits[0, [5, 9, 12]] = 3.0  # a three-way tie at the top, as bfloat16 logits often have
+    params = [SamplingParams(max_tokens=1, temperature=1.5, top_k=1, seed=seed) for seed in range(64)]
+    generators = [torch.Generator().manual_seed(p.seed) for p in params] if with_generators else None
+    picks = _choose_tokens(logits.expand(64, -1), params, generators, list(range(64)), [0] * 64)
+    assert set(picks) == {int(logits.argmax())} == {5}
+
+
+def test_top_k_keeps_exactly_k_tokens_whatever_the_ties():
+    logits = torch.zeros(1, 16)
+    logits[0, [2, 7, 11]] = 1.0
+    params = [SamplingParams(max_tokens=1, temperature=1.0, top_k=2, seed=seed) for seed in range(256)]
+    picks = _choose_tokens(logits.expand(256, -1), params, None, list(range(256)), [0] * 256)
+    assert set(picks) == {2, 7}
