@@ -30,7 +30,7 @@ class SamplingParams:
         max_tokens: Most new tokens to generate; reaching it finishes the row with reason ``"length"``.
         temperature: 0 decodes greedily; above 0 samples from the tempered distribution.
         top_p: Nucleus sampling mass (1.0 keeps every token).
-        top_k: Keep only the k most likely tokens (0 keeps every token).
+        top_k: Keep only the k most likely tokens, ties to the lower token id (0 keeps every token).
         stop: Strings that end the completion; the text is cut before the first one found.
         seed: Seeds this row's generator; ``None`` draws fresh randomness.
         logprobs: ``None`` for no log-probabilities, otherwise how many top alternatives to report per token.
@@ -93,8 +93,8 @@ def _choose_tokens(
     temperatures = torch.tensor([params[r].temperature for r in sampled], device=logits.device)
     scaled = logits.index_select(0, index) / temperatures[:, None]
     vocab = scaled.shape[-1]
-    top_k = [params[r].top_k if 0 < params[r].top_k < vocab else vocab for r in sampled]
-    top_k = torch.tensor(top_k, device=logits.device)
+    kept = [params[r].top_k if 0 < params[r].top_k < vocab else vocab for r in sampled]
+    top_k = torch.tensor(kept, device=logits.device)
     top_p = torch.tensor([params[r].top_p for r in sampled], device=logits.device)
     if bool((top_k < vocab).any()) or bool((top_p < 1.0).any()):
         # A stable sort ranks tied logits by token id, as argmax does: top_k=1 is greedy even where bfloat16 ties.
