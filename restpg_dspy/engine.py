@@ -120,7 +120,7 @@ class LocalEngine(QueuedEngine):
     @property
     def weights_id(self) -> str:
         """The base weights: ``<name>-<content fingerprint>``."""
-        return f"{self.loaded.name}-{self.loaded.fingerprint}"
+        return self.loaded.weights_id
 
     @property
     def tokenizer(self) -> Any:

@@ -6,8 +6,8 @@ The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF file inside the
 Example:
     >>> from restpg_dspy.models import load_model
     >>> loaded = load_model("local")  # doctest: +SKIP
-    >>> loaded.model_id  # doctest: +SKIP
-    'local/SmolLM2-135M-Instruct-3f9a2c1e'
+    >>> loaded.weights_id  # doctest: +SKIP
+    'SmolLM2-135M-Instruct-3f9a2c1e'
 """
 
 from __future__ import annotations
@@ -163,6 +163,11 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def weights_id(name: str, fingerprint: str) -> str:
+    """Name base weights as every engine does: ``<name>-<content fingerprint>``, equal across engines."""
+    return f"{name}-{fingerprint}"
+
+
 @dataclass(frozen=True)
 class LoadedModel:
     """A causal LM and its tokenizer, loaded once and shared by every engine and adapter on it.
@@ -186,9 +191,9 @@ class LoadedModel:
     dtype: Any
 
     @property
-    def model_id(self) -> str:
-        """The id DSPy sees for the base weights: ``local/<name>-<fingerprint>``."""
-        return f"local/{self.name}-{self.fingerprint}"
+    def weights_id(self) -> str:
+        """The base weights: ``<name>-<fingerprint>``; engines serve them as ``<engine>/<weights_id>``."""
+        return weights_id(self.name, self.fingerprint)
 
     @property
     def context_length(self) -> int:

