@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from dspy.clients.provider import Provider, TrainingJob
 
 from restpg_dspy.errors import UsageError
+from restpg_dspy.files import write_atomic
 from restpg_dspy.memory import release_memory
 from restpg_dspy.models import accepts_logits_to_keep, load_causal_lm, resolve_dtype
 from restpg_dspy.serving import adapter_hash, default_adapter_root
@@ -50,6 +51,7 @@ logger = logging.getLogger(__name__)
 TRAINING_LOG = "training_log.json"
 _STAGING = ".training-"  # + the training process id + a random suffix
 _CHECKPOINTS = ".checkpoints-"  # + the job's key: the trainer checkpoints of a training that has not finished
+_TRAINED = ".trained-"  # + the job's key + .json: which published adapter that job trained
 
 
 class NonFiniteLossError(RuntimeError):
@@ -390,7 +392,8 @@ def train_lora(
     complete, so a failure (bad rows, a non-finite loss, an interruption) never leaves a half-written adapter that a
     later load would pick; staging folders of killed trainings are removed by the next one. With ``save_steps`` the
     training is checkpointed, and an interrupted job (the same rows, config, base and start) resumes from its last
-    checkpoint when it runs again, to the same adapter.
+    checkpoint when it runs again, to the same adapter. A job that already published its adapter in the same folder
+    is served that adapter and its log without training again (trainings are deterministic given the job).
     """
     loaded = engine.loaded
     _check_one_gpu_per_process(loaded.device, config.num_processes)
@@ -404,17 +407,22 @@ def train_lora(
         )
     root = Path(config.output_dir) if config.output_dir else default_adapter_root()
     root.mkdir(parents=True, exist_ok=True)
-    _remove_abandoned_staging(root)
-    staging = Path(tempfile.mkdtemp(prefix=f"{_STAGING}{os.getpid()}-", dir=root))
-    started = time.monotonic()
     job = TrainingJobSpec(
         str(loaded.path),
         loaded.device,
         [dataclasses.asdict(r) for r in tokenized],
         config,
         str(start_from) if start_from else None,
-        str(staging),
+        staging="",
     )
+    trained = _trained_before(root, job.key())
+    if trained is not None:
+        logger.info("the same training (rows, settings, base and start) published %s before; reusing it", trained[0])
+        return trained
+    _remove_abandoned_staging(root)
+    staging = Path(tempfile.mkdtemp(prefix=f"{_STAGING}{os.getpid()}-", dir=root))
+    job.staging = str(staging)
+    started = time.monotonic()
     claim = _claim_checkpoints(root, job) if config.save_steps else None
     finished = False
     try:
@@ -448,6 +456,7 @@ def train_lora(
             shutil.rmtree(adapter_dir)
         else:
             adapter_dir.rename(final)
+        write_atomic(root / f"{_TRAINED}{job.key()}.json", json.dumps({"adapter": final.name}))
         finished = True
         return final, log
     except NonFiniteLossError:
@@ -458,6 +467,20 @@ def train_lora(
         if claim is not None:
             _release_checkpoints(Path(job.checkpoints), claim, keep=not finished)
         release_memory()  # the training's activations, or each M-step of a run would keep its peak resident
+
+
+def _trained_before(root: Path, key: str) -> tuple[Path, dict[str, Any]] | None:
+    """The adapter (and its training log) that the job of ``key`` published under ``root``, if it is still there.
+
+    Trainings are deterministic given their rows, settings, base and start, so a job run again (by another method of
+    the same table, say) is served its earlier adapter instead of training for the same weights.
+    """
+    record = root / f"{_TRAINED}{key}.json"
+    if not record.is_file():
+        return None
+    adapter = root / json.loads(record.read_text())["adapter"]
+    log = adapter / TRAINING_LOG
+    return (adapter, json.loads(log.read_text())) if log.is_file() else None
 
 
 def _claim_checkpoints(root: Path, job: TrainingJobSpec) -> Any:
@@ -526,6 +549,7 @@ class TrainingJobSpec:
     def key(self) -> str:
         """What the training computes, hashed: the same key resumes the same job's checkpoints."""
         identity = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("staging", "checkpoints")}
+        identity["config"].pop("output_dir")  # where the adapter is published changes nothing it computes
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
     def save(self, path: Path) -> None:

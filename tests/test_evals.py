@@ -286,11 +286,16 @@ def test_markdown_table_and_plots(tmp_path):
     assert plot_scores(results, "rouge_l", tmp_path / "s.png").stat().st_size > 1000
 
 
-def test_table_runner_and_compile_run_report(tiny_model_dir, tmp_path):
+def test_table_runner_and_compile_run_report(tiny_model_dir, tmp_path, monkeypatch):
+    import restpg_dspy.finetune as finetune
+
+    trainings = []
+    fit = finetune.fit
+    monkeypatch.setattr(finetune, "fit", lambda job, tokenizer=None: trainings.append(job) or fit(job, tokenizer))
     config = TableConfig(
         run_dir=str(tmp_path / "table"),
         student=f"local:{tiny_model_dir}",
-        methods=["no-personalization", "rest-em"],
+        methods=["no-personalization", "sft", "rest-em"],
         metrics=["rouge_l", "meteor"],
         synthetic_train_users=2,
         synthetic_test_users=2,
@@ -299,7 +304,11 @@ def test_table_runner_and_compile_run_report(tiny_model_dir, tmp_path):
         train_kwargs={"max_steps": 1},
     )
     results = run_table(config)
-    assert set(results) == {"no-personalization", "rest-em"}
+    assert set(results) == {"no-personalization", "sft", "rest-em"}
+    # ReST-EM's SFT stage is SFT's training: the methods share one adapters folder, and it is trained once.
+    stage = json.loads((tmp_path / "table/synthetic/rest-em/sft/model.json").read_text())["model"]
+    assert stage == json.loads((tmp_path / "table/synthetic/sft/sft/model.json").read_text())["model"]
+    assert len(trainings) == 2 and len(list((tmp_path / "table/synthetic/adapters").glob(".trained-*"))) == 2
     assert results["rest-em"]["synthetic"]["meteor"]["n"] == 6  # 2 users x 3 requests
     table = (tmp_path / "table" / "table.md").read_text()
     assert "synthetic rouge_l" in table and "| rest-em |" in table
@@ -311,12 +320,12 @@ def test_table_runner_and_compile_run_report(tiny_model_dir, tmp_path):
     assert stored["rest-em"]["synthetic"]["rouge_l"]["n"] == 6
     paired = json.loads((tmp_path / "table" / "paired.json").read_text())["synthetic"]
     pairs = {(e["better"], e["worse"], e["subset"], e["metric"]): e["n_pairs"] for e in paired}
-    assert pairs[("rest-em", "no-personalization", "all", "rouge_l")] == 6
-    assert pairs[("rest-em", "no-personalization", "seen", "meteor")] == 3
-    assert pairs[("rest-em", "no-personalization", "held_out", "meteor")] == 3
+    assert pairs[("rest-em", "sft", "all", "rouge_l")] == pairs[("sft", "no-personalization", "all", "rouge_l")] == 6
+    assert pairs[("sft", "no-personalization", "seen", "meteor")] == 3
+    assert pairs[("sft", "no-personalization", "held_out", "meteor")] == 3
     groups = {(e["subset"], e["unit"]): e["n_groups"] for e in paired if e["metric"] == "rouge_l"}
     assert groups[("all", "users")] == 2 and 1 <= groups[("held_out", "wordings")] <= groups[("all", "wordings")]
-    assert "rest-em − no-personalization" in (tmp_path / "table" / "paired.md").read_text()
+    assert "sft − no-personalization" in (tmp_path / "table" / "paired.md").read_text()
 
 
 def test_table_config_files_are_checked(tmp_path):

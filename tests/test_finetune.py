@@ -1,6 +1,7 @@
 import dataclasses
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,29 @@ def test_training_changes_weights_and_behaviour(tiny_lm, tmp_path):
     assert not tiny_lm(question, max_tokens=4)[0].startswith(TARGET)
     log = json.loads((tmp_path / "adapters" / job.log["adapter"].split("/")[-1] / "training_log.json").read_text())
     assert log["rows"] == 4 and log["steps"] == 40
+
+
+def test_the_same_training_run_again_is_served_its_published_adapter(tiny_lm, tmp_path, monkeypatch):
+    import restpg_dspy.finetune as finetune
+
+    rows = [chat("Largest animal?"), chat("Fastest bird?", "peregrine falcon")]
+    first, tuned = train(tiny_lm, rows, tmp_path, max_steps=3)
+    fits = []
+
+    def no_training(job, tokenizer=None):
+        fits.append(job)
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(finetune, "fit", no_training)
+    again, served = train(tiny_lm, rows, tmp_path, max_steps=3)
+    assert served.model == tuned.model and again.log == first.log and fits == []
+
+    with pytest.raises(AssertionError, match="trained again"):  # other rows are another training
+        train(tiny_lm, [*rows, chat("Tallest tree?", "redwood")], tmp_path, max_steps=3)
+    shutil.rmtree(first.log["adapter"])  # an adapter deleted since is trained again
+    with pytest.raises(AssertionError, match="trained again"):
+        train(tiny_lm, rows, tmp_path, max_steps=3)
+    assert len(fits) == 2
 
 
 def test_zero_weights_leave_the_adapter_untrained(tiny_lm, tmp_path):
@@ -211,9 +235,8 @@ def test_an_interrupted_training_resumes_from_its_checkpoint_to_the_same_adapter
     rows = [chat("Largest animal?"), chat("Fastest bird?", "peregrine falcon"), chat("Tallest tree?", "redwood")]
     settings = {"max_steps": 6, "save_steps": 2, "per_device_train_batch_size": 2}  # dropout on: random states matter
     whole, uninterrupted = train(tiny_lm, rows, tmp_path / "whole", **settings)
-    assert whole.log["resumed_at_step"] == 0 and list((tmp_path / "whole" / "adapters").iterdir()) == [
-        Path(whole.log["adapter"])
-    ]  # the checkpoints of a finished job are gone
+    published = [p for p in (tmp_path / "whole" / "adapters").iterdir() if not p.name.startswith(".trained-")]
+    assert whole.log["resumed_at_step"] == 0 and published == [Path(whole.log["adapter"])]  # no checkpoints are left
 
     trainer_class, progress_bar = finetune._trainer_classes()
 

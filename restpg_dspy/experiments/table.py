@@ -81,11 +81,17 @@ def compile_method(
     teacher: dspy.LM | None,
     judge: Any,
     run_dir: str | Path,
+    adapters_dir: str | Path | None = None,
     **settings: Any,
 ) -> dspy.Module:
-    """Compile ``program`` with ``optimizer_class`` as ``config`` says (``settings`` override ``config.optimizer``)."""
+    """Compile ``program`` with ``optimizer_class`` as ``config`` says (``settings`` override ``config.optimizer``).
+
+    ``adapters_dir`` publishes the adapters there instead of in ``run_dir``: methods that share one folder train a
+    training they have in common once (SFT with reasoning and REST-PG's SFT stage, say).
+    """
     reward = registry.resolve_metric(config.reward, judge)
-    options = {"num_threads": config.num_threads, "train_kwargs": config.train_kwargs, **config.optimizer, **settings}
+    train_kwargs = {**({"output_dir": str(adapters_dir)} if adapters_dir else {}), **config.train_kwargs}
+    options = {"num_threads": config.num_threads, "train_kwargs": train_kwargs, **config.optimizer, **settings}
     optimizer = optimizer_class(reward, run_dir=str(run_dir), **options)
     return optimizer.compile(program, trainset=trainset, teacher=teacher)
 
@@ -144,7 +150,14 @@ def run_table(config: TableConfig) -> dict[str, dict[str, Any]]:
             if optimizer is not None:
                 run_dir = root / slug / method
                 program = compile_method(
-                    program, optimizer, config, trainset=trainset, teacher=teacher, judge=judge, run_dir=run_dir
+                    program,
+                    optimizer,
+                    config,
+                    trainset=trainset,
+                    teacher=teacher,
+                    judge=judge,
+                    run_dir=run_dir,
+                    adapters_dir=root / slug / "adapters",
                 )
             result = evaluate(program, testset, metrics, cache_dir=root / "cache", num_threads=config.num_threads)
             (root / slug).mkdir(parents=True, exist_ok=True)
