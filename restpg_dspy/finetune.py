@@ -393,7 +393,7 @@ def train_lora(
     later load would pick; staging folders of killed trainings are removed by the next one. With ``save_steps`` the
     training is checkpointed, and an interrupted job (the same rows, config, base and start) resumes from its last
     checkpoint when it runs again, to the same adapter. A job that already published its adapter in the same folder
-    is served that adapter and its log without training again (trainings are deterministic given the job).
+    is served that adapter and its log without training again (the same job, bit for bit on a CPU).
     """
     loaded = engine.loaded
     _check_one_gpu_per_process(loaded.device, config.num_processes)
@@ -414,6 +414,7 @@ def train_lora(
         config,
         str(start_from) if start_from else None,
         staging="",
+        base_fingerprint=loaded.fingerprint,
     )
     trained = _trained_before(root, job.key())
     if trained is not None:
@@ -472,8 +473,8 @@ def train_lora(
 def _trained_before(root: Path, key: str) -> tuple[Path, dict[str, Any]] | None:
     """The adapter (and its training log) that the job of ``key`` published under ``root``, if it is still there.
 
-    Trainings are deterministic given their rows, settings, base and start, so a job run again (by another method of
-    the same table, say) is served its earlier adapter instead of training for the same weights.
+    A job run again (by another method of the same table, say) would compute the same weights from the same rows,
+    settings, base weights and start (to the bit on a CPU), so it is served the earlier adapter instead.
     """
     record = root / f"{_TRAINED}{key}.json"
     if not record.is_file():
@@ -536,6 +537,8 @@ class TrainingJobSpec:
         start_from: An adapter folder to continue, or ``None`` for a fresh adapter.
         staging: The folder the adapter (``adapter/``) and the trainer's files are written to.
         checkpoints: The folder of the job's resumable checkpoints, or ``None`` to keep none.
+        base_fingerprint: The base weights' content fingerprint, so that new weights in the same folder make another
+            job (one that neither resumes the old checkpoints nor is served the old adapter).
     """
 
     model_path: str
@@ -545,6 +548,7 @@ class TrainingJobSpec:
     start_from: str | None
     staging: str
     checkpoints: str | None = None
+    base_fingerprint: str | None = None
 
     def key(self) -> str:
         """What the training computes, hashed: the same key resumes the same job's checkpoints."""

@@ -70,6 +70,17 @@ def test_the_same_training_run_again_is_served_its_published_adapter(tiny_lm, tm
     assert len(fits) == 2
 
 
+def test_a_job_is_the_same_wherever_it_publishes_and_another_on_new_base_weights():
+    from restpg_dspy.finetune import TrainingJobSpec
+
+    def job(output_dir, fingerprint):
+        config = LoRATrainingConfig.from_kwargs({"output_dir": output_dir, "max_steps": 3})
+        return TrainingJobSpec("base", "cpu", [{"input_ids": [1, 2]}], config, None, "", base_fingerprint=fingerprint)
+
+    assert job("a", "f1").key() == job("b", "f1").key()
+    assert job("a", "f1").key() != job("a", "f2").key()  # new weights in the same folder: neither resumed nor served
+
+
 def test_zero_weights_leave_the_adapter_untrained(tiny_lm, tmp_path):
     job, _ = train(tiny_lm, [chat("Largest animal?", weight=0.0)] * 4, tmp_path, max_steps=3)
     assert lora_b_norm(job) == 0.0
