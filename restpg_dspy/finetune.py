@@ -416,7 +416,8 @@ def train_lora(
         staging="",
         base_fingerprint=loaded.fingerprint,
     )
-    trained = _trained_before(root, job.key())
+    key = job.key()  # hashes every tokenized row: once per training
+    trained = _trained_before(root, key)
     if trained is not None:
         logger.info("the same training (rows, settings, base and start) published %s before; reusing it", trained[0])
         return trained
@@ -424,7 +425,7 @@ def train_lora(
     staging = Path(tempfile.mkdtemp(prefix=f"{_STAGING}{os.getpid()}-", dir=root))
     job.staging = str(staging)
     started = time.monotonic()
-    claim = _claim_checkpoints(root, job) if config.save_steps else None
+    claim = _claim_checkpoints(root, job, key) if config.save_steps else None
     finished = False
     try:
         if config.num_processes > 1 or config.accelerate_config:
@@ -457,7 +458,7 @@ def train_lora(
             shutil.rmtree(adapter_dir)
         else:
             adapter_dir.rename(final)
-        write_atomic(root / f"{_TRAINED}{job.key()}.json", json.dumps({"adapter": final.name}))
+        write_atomic(root / f"{_TRAINED}{key}.json", json.dumps({"adapter": final.name}))
         finished = True
         return final, log
     except NonFiniteLossError:
@@ -484,12 +485,12 @@ def _trained_before(root: Path, key: str) -> tuple[Path, dict[str, Any]] | None:
     return (adapter, json.loads(log.read_text())) if log.is_file() else None
 
 
-def _claim_checkpoints(root: Path, job: TrainingJobSpec) -> Any:
-    """Point ``job`` at its checkpoint folder under ``root`` and lock it; return the held lock file.
+def _claim_checkpoints(root: Path, job: TrainingJobSpec, key: str) -> Any:
+    """Point ``job`` (whose key is ``key``) at its checkpoint folder under ``root`` and lock it; return the held lock.
 
     A second process training the same job at the same time trains without checkpoints (both would write them).
     """
-    folder = root / f"{_CHECKPOINTS}{job.key()}"
+    folder = root / f"{_CHECKPOINTS}{key}"
     folder.mkdir(exist_ok=True)
     lock = (folder / ".lock").open("w")
     try:
