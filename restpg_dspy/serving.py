@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import logging
 import queue
 import threading
 from concurrent.futures import Future
@@ -39,6 +40,8 @@ from dspy.lm15 import (
 
 from restpg_dspy.generation import Completion, SamplingParams
 from restpg_dspy.models import home
+
+logger = logging.getLogger(__name__)
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 ADAPTER_TAG = "+lora-"
@@ -258,18 +261,26 @@ class QueuedEngine:
     def dump_state(self) -> dict[str, Any]:
         """JSON state that :meth:`load_state` turns back into an engine serving the same weights.
 
-        Subclasses keep ``self.settings``: their settings as given, JSON values, never credentials.
+        Subclasses keep ``self.settings``: their settings as given, JSON values, never credentials. An adapter
+        whose folder was deleted since it was registered is left out: no other process could load it.
         """
-        adapters = {model_id: str(path) for model_id, path in self.adapters.items()}
+        adapters = {model_id: str(path) for model_id, path in self.adapters.items() if path.is_dir()}
         return {self._source_key: self._source, **self.settings, "adapters": adapters}
 
     @classmethod
     def load_state(cls, state: dict[str, Any]) -> QueuedEngine:
-        """Rebuild (or reuse) the engine described by :meth:`dump_state`, with its adapters registered."""
+        """Rebuild (or reuse) the engine described by :meth:`dump_state`, with its adapters registered.
+
+        The state lists every adapter the saving process had registered, most of them other programs'; one whose
+        folder is gone is skipped with a warning, and a request for it is refused with its id.
+        """
         settings = {k: v for k, v in state.items() if k not in (cls._source_key, "adapters")}
         engine = cls.shared(state[cls._source_key], **settings)
-        for path in state.get("adapters", {}).values():
-            engine.register_adapter(path)
+        for model_id, path in state.get("adapters", {}).items():
+            if Path(path).is_dir():
+                engine.register_adapter(path)
+            else:
+                logger.warning("adapter %s of the saved engine is not registered: %s no longer exists", model_id, path)
         return engine
 
     # --- DSPy engine interface -------------------------------------------------------------------------

@@ -50,6 +50,19 @@ def tiny_model_dir(tmp_path_factory, embedded_path) -> Path:
     return path
 
 
+def save_random_adapter(model_dir: Path, path: Path, seed: int) -> Path:
+    """Save a LoRA adapter with random, non-zero weights for the model in ``model_dir``: it changes what it writes."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    config = LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(model, config).save_pretrained(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_engine(tiny_model_dir):
     from restpg_dspy.engine import LocalEngine

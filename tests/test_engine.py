@@ -1,4 +1,6 @@
 import contextlib
+import logging
+import shutil
 import threading
 import uuid
 
@@ -8,6 +10,7 @@ from dspy.lm15 import Config, Message, Request
 
 import restpg_dspy
 from restpg_dspy.engine import LocalEngine
+from tests.conftest import save_random_adapter
 
 
 def ask(lm, text, **config):
@@ -98,6 +101,24 @@ def test_unknown_adapter_hash_is_refused(tiny_lm):
 def test_engine_state_round_trips(tiny_engine):
     state = tiny_engine.dump_state()
     assert LocalEngine.load_state(state) is tiny_engine
+
+
+def test_a_saved_engine_leaves_out_and_skips_adapters_deleted_since(tiny_engine, tiny_model_dir, tmp_path, caplog):
+    gone = save_random_adapter(tiny_model_dir, tmp_path / "gone", seed=1)
+    kept = save_random_adapter(tiny_model_dir, tmp_path / "kept", seed=2)
+    gone_id, kept_id = tiny_engine.register_adapter(gone), tiny_engine.register_adapter(kept)
+    try:
+        saved_before = tiny_engine.dump_state()
+        shutil.rmtree(gone)
+        assert saved_before["adapters"][gone_id] == str(gone.resolve())
+        assert gone_id not in tiny_engine.dump_state()["adapters"]
+        with caplog.at_level(logging.WARNING, logger="restpg_dspy.serving"):
+            assert LocalEngine.load_state(saved_before) is tiny_engine  # the program saved earlier still loads
+        assert gone_id in caplog.text and "no longer exists" in caplog.text
+        assert tiny_engine.adapter_path(kept_id) == kept.resolve()
+    finally:
+        tiny_engine.unload_adapter(gone_id)
+        tiny_engine.unload_adapter(kept_id)
 
 
 def test_api_backends_pass_through_to_dspy():

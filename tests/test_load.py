@@ -3,14 +3,12 @@
 import threading
 
 import pytest
-import torch
-from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM
 
 import restpg_dspy
 from restpg_dspy.data import synthetic
 from restpg_dspy.programs import RAGWriter
 from restpg_dspy.retrieval import BM25
+from tests.conftest import save_random_adapter
 
 CALLS = 64
 
@@ -18,15 +16,7 @@ CALLS = 64
 @pytest.fixture(scope="module")
 def adapters(tiny_model_dir, tmp_path_factory):
     """Two LoRA adapters with random (non-zero) weights: each one changes what the model writes."""
-    paths = []
-    for seed in (1, 2):
-        torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-        config = LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-        path = tmp_path_factory.mktemp(f"adapter-{seed}")
-        get_peft_model(model, config).save_pretrained(path)
-        paths.append(path)
-    return paths
+    return [save_random_adapter(tiny_model_dir, tmp_path_factory.mktemp(f"adapter-{seed}"), seed) for seed in (1, 2)]
 
 
 def test_concurrent_calls_mixing_base_and_adapters_equal_each_call_alone(tiny_model_dir, tiny_engine, adapters):
