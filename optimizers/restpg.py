@@ -75,6 +75,7 @@ STAGE_FIELDS = (
     "keep_rate",
     "inputs_without_kept",
     "distinct_per_input",
+    "reward_spread_rate",
     "truncation_rate",
     "reasoning_truncation_rate",
     "response_truncation_rate",
@@ -493,9 +494,12 @@ class RESTPG(Teleprompter):
 
         lengths = [s["reasoning_tokens"] for s in samples if s.get("reasoning_tokens") is not None]
         traces: dict[str, set[str]] = defaultdict(set)
+        input_rewards: dict[str, set[float]] = defaultdict(set)
         for sample in samples:
             if sample.get("reward") is not None:
                 traces[sample["id"]].add(_trace_key(sample))
+                input_rewards[sample["id"]].add(sample["reward"])
+        spread = sum(1 for values in input_rewards.values() if len(values) > 1)
 
         return {
             "samples": len(samples),
@@ -508,6 +512,8 @@ class RESTPG(Teleprompter):
             "inputs_without_kept": len(inputs - kept_inputs),
             # 1.0 means every draw of an input was the same trace: nothing for the selection to choose from.
             "distinct_per_input": round(statistics.fmean(map(len, traces.values())), 2) if traces else None,
+            # The inputs whose draws earned different rewards: the only ones where the selection prefers a trace.
+            "reward_spread_rate": round(spread / len(input_rewards), 4) if input_rewards else None,
             "truncation_rate": rate(lambda s: s.get("truncated")),
             "reasoning_truncation_rate": rate(lambda s: "reasoning" in s.get("truncated_steps", ())),
             "response_truncation_rate": rate(lambda s: "response" in s.get("truncated_steps", ())),

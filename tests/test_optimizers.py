@@ -64,12 +64,16 @@ def test_cap_top_fraction_and_duplicates_per_input():
     assert RESTPG()._select(failed) == []
 
 
-def test_rounds_report_how_many_distinct_traces_each_input_drew():
+def test_rounds_report_how_many_distinct_traces_and_rewards_each_input_drew():
     memorised = [sample("a", i, 1.0, "same") for i in range(4)] + [sample("b", i, 1.0, "same") for i in range(4)]
     optimizer = RESTPG()
-    assert optimizer._round_stats(memorised, optimizer._select(memorised))["distinct_per_input"] == 1.0
+    stats = optimizer._round_stats(memorised, optimizer._select(memorised))
+    assert stats["distinct_per_input"] == 1.0 and stats["reward_spread_rate"] == 0.0
     exploring = [sample("a", i, 0.5, f"answer {i % 3}") for i in range(4)] + [sample("b", 0, 0.5)]
-    assert optimizer._round_stats(exploring, optimizer._select(exploring))["distinct_per_input"] == 2.0  # (3 + 1) / 2
+    stats = optimizer._round_stats(exploring, optimizer._select(exploring))
+    assert stats["distinct_per_input"] == 2.0 and stats["reward_spread_rate"] == 0.0  # (3 + 1) / 2; equal rewards
+    spread = [sample("a", i, 0.25 * i, f"answer {i}") for i in range(4)] + [sample("b", 0, 0.5)]
+    assert optimizer._round_stats(spread, optimizer._select(spread))["reward_spread_rate"] == 0.5
 
 
 def test_reasoning_length_penalty_prefers_shorter_reasoning_among_good_answers():
