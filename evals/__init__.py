@@ -4,7 +4,7 @@ Example:
     >>> from restpg_dspy.evals import rouge_1, rouge_l, meteor, option_accuracy, LLMJudge, evaluate
 """
 
-from restpg_dspy.evals.choice import option_accuracy
+from restpg_dspy.evals.choice import notes_choice, option_accuracy
 from restpg_dspy.evals.evaluate import EvaluationResult, bootstrap_interval, evaluate, program_fingerprint
 from restpg_dspy.evals.judge import JudgeParseError, LLMJudge
 from restpg_dspy.evals.metrics import WeightedMean, meteor, meteor_without_synonyms, rouge_1, rouge_l
@@ -19,6 +19,7 @@ __all__ = [
     "evaluate",
     "meteor",
     "meteor_without_synonyms",
+    "notes_choice",
     "option_accuracy",
     "paired_bootstrap",
     "program_fingerprint",

@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import re
 from typing import Any
 
 STOP_WORDS = frozenset(
@@ -78,6 +79,11 @@ STOP_WORDS = frozenset(
 )
 
 
+# A post number followed by something on its line ("Post [2] shows ...", "[2] shows ..."): a bare list of
+# numbers, as an untrained model writes ("[1]\n\n[2]"), cites nothing.
+_POST_CITATION = re.compile(r"\[\d+\](?![^\S\n]*(?:\n|$|\[))")
+
+
 @functools.cache
 def _tokenizer() -> Any:
     from rouge_score import tokenizers
@@ -115,3 +121,29 @@ def option_accuracy(example: Any, prediction: Any, trace: Any = None) -> float:
     if not isinstance(response, str):
         raise ValueError("the prediction has no string 'response' field")
     return float(named_options(response, options) == [answer])
+
+
+def notes_choice(example: Any, notes: str) -> dict[str, bool]:
+    """What reasoning ``notes`` say about ``example``'s options, to judge a teacher's notes before training on them.
+
+    Returns:
+        ``names_answer_only`` (the right option and no other), ``names_wrong_option`` (any other option),
+        ``names_no_option`` and ``cites_post`` (a numbered profile post with something said about it).
+
+    Example:
+        >>> import dspy
+        >>> example = dspy.Example(options=["the quiet inn by the lake", "the cheap hostel downtown"],
+        ...                        answer="the cheap hostel downtown")
+        >>> notes_choice(example, "Post [2] shows money is tight, so: the cheap hostel downtown.")
+        {'names_answer_only': True, 'names_wrong_option': False, 'names_no_option': False, 'cites_post': True}
+    """
+    options, answer = example.get("options"), example.get("answer")
+    if not isinstance(options, list) or answer not in options:
+        raise ValueError("notes_choice needs an example with 'options' (a list) that holds its 'answer'")
+    named = named_options(notes, options)
+    return {
+        "names_answer_only": named == [answer],
+        "names_wrong_option": any(option != answer for option in named),
+        "names_no_option": not named,
+        "cites_post": bool(_POST_CITATION.search(notes)),
+    }

@@ -1,4 +1,5 @@
-"""The report of a compile run: the reward distribution and keep rate per round, and the per-stage history.
+"""The report of a compile run: the reward distribution and keep rate per round, the per-stage history, and the
+reasoning it trained on (the teacher's notes and each round's kept traces).
 
 Example:
     >>> from restpg_dspy.optimizers.report import report_compile_run
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from restpg_dspy.optimizers.restpg import STAGE_FIELDS
 from restpg_dspy.optimizers.run_dir import read_jsonl
@@ -25,9 +27,8 @@ def report_compile_run(run_dir: str | Path) -> list[Path]:
 
     run_dir = Path(run_dir)
     history = json.loads((run_dir / "history.json").read_text()) if (run_dir / "history.json").exists() else []
-    rounds = sorted((p for p in run_dir.glob("round_*") if p.is_dir()), key=lambda p: int(p.name.split("_")[1]))
     rewards, keep = {}, {}
-    for folder in rounds:
+    for folder in _rounds(run_dir):
         samples = read_jsonl(folder / "samples.jsonl")
         rewards[folder.name] = [s["reward"] for s in samples if s.get("reward") is not None]
         kept = len(read_jsonl(folder / "kept.jsonl"))
@@ -55,3 +56,33 @@ def report_compile_run(run_dir: str | Path) -> list[Path]:
     lines += ["| " + " | ".join(str(entry.get(c, "")) for c in present) + " |" for entry in history]
     (run_dir / "report.md").write_text("\n".join(lines) + "\n")
     return [*written, run_dir / "report.md"]
+
+
+def _rounds(run_dir: Path) -> list[Path]:
+    return sorted((p for p in run_dir.glob("round_*") if p.is_dir()), key=lambda p: int(p.name.split("_")[1]))
+
+
+def trained_reasoning(run_dir: str | Path) -> dict[str, list[tuple[str, str]]]:
+    """The reasoning a compile run trained on, by source: ``teacher`` (the hindsight notes, one per example the
+    teacher explained) and ``round_<r> kept`` (the reasoning step of each trace the round kept), as (example id,
+    reasoning) pairs.
+
+    Raises:
+        FileNotFoundError: ``run_dir`` is not a compile run (it has no ``config.json``).
+    """
+    run_dir = Path(run_dir)
+    config = run_dir / "config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a compile run directory: it has no config.json")
+    field = json.loads(config.read_text()).get("reasoning_field", "reasoning")
+    teacher = read_jsonl(run_dir / "teacher_reasoning.jsonl")  # a row without reasoning holds the teacher's error
+    sources = {"teacher": [(row["id"], row["reasoning"]) for row in teacher if "reasoning" in row]}
+    for folder in _rounds(run_dir):
+        sources[f"{folder.name} kept"] = [
+            (sample["id"], _reasoning(sample["trace"], field)) for sample in read_jsonl(folder / "kept.jsonl")
+        ]
+    return {source: pairs for source, pairs in sources.items() if pairs}
+
+
+def _reasoning(trace: list[dict[str, Any]], field: str) -> str:
+    return next((call["outputs"][field] for call in trace if field in call["outputs"]), "")

@@ -108,6 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = commands.add_parser("report", help="render tables and plots of a compile run or a table run")
     report.add_argument("run_dir", help="a compile run directory (history.json) or a table run (results.json)")
+
+    notes = commands.add_parser(
+        "notes",
+        help="what the reasoning a compile run trained on (teacher notes, kept traces) says about each example's "
+        "options: how often it names the right one (tasks whose examples offer options, like implicit_choice)",
+    )
+    notes.add_argument("run_dir", help="a compile run directory (teacher_reasoning.jsonl, round_<r>/kept.jsonl)")
+    notes.add_argument("--config", required=True, help="the config file of the run, which rebuilds its training split")
     return parser
 
 
@@ -234,6 +242,35 @@ def run_compare(args: argparse.Namespace) -> None:
     print(differences_table(entries))
 
 
+def run_notes(args: argparse.Namespace) -> None:
+    from restpg_dspy.evals import notes_choice
+    from restpg_dspy.experiments import TableConfig, load_task
+    from restpg_dspy.optimizers.report import trained_reasoning
+
+    sources = trained_reasoning(args.run_dir)
+    if not sources:
+        raise UsageError(f"{args.run_dir} holds no teacher notes and no kept traces yet")
+    config = TableConfig.from_file(args.config)
+    examples = {str(example.id): example for example in load_task(config.tasks[0], config)[0]}
+    columns = {
+        "names_answer_only": "right option only",
+        "names_wrong_option": "a wrong option",
+        "names_no_option": "no option",
+        "cites_post": "cites a post",
+    }
+    print(f"{'reasoning':<16}{'n':>5}" + "".join(f"  {title}" for title in columns.values()))
+    for source, pairs in sources.items():
+        unknown = sorted({i for i, _ in pairs} - set(examples))
+        if unknown:
+            raise UsageError(f"{source} reasoning of examples {unknown[:3]} not in the training split of {args.config}")
+        try:
+            graded = [notes_choice(examples[i], text) for i, text in pairs]
+        except ValueError as err:
+            raise UsageError(f"{config.tasks[0]}: {err}") from None
+        rates = {key: sum(g[key] for g in graded) / len(graded) for key in columns}
+        print(f"{source:<16}{len(graded):>5}" + "".join(f"  {rates[k]:>{len(t)}.3f}" for k, t in columns.items()))
+
+
 def run_report(run_dir: str) -> None:
     from restpg_dspy.evals.report import markdown_table, plot_scores
     from restpg_dspy.optimizers.report import report_compile_run
@@ -280,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
             run_evaluate(args)
         elif args.command == "compare":
             run_compare(args)
+        elif args.command == "notes":
+            run_notes(args)
         else:
             run_report(args.run_dir)
     except (UsageError, FileNotFoundError) as err:  # a mistake in the inputs: one line; anything else: a traceback

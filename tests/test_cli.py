@@ -93,6 +93,38 @@ def test_compare_pairs_two_predictions_files_on_seen_and_held_out_wordings(tmp_p
     assert f"{files[1]}, line {len(testset) + 1}: not valid JSON" in capsys.readouterr().err
 
 
+def test_notes_grades_the_teacher_notes_and_kept_reasoning_of_a_run(tmp_path, capsys):
+    from restpg_dspy.experiments import TableConfig, load_task
+
+    config = tmp_path / "choice.yaml"
+    config.write_text("synthetic_task: implicit_choice\nsynthetic_train_users: 4\nsynthetic_test_users: 2\n")
+    trainset = load_task("synthetic", TableConfig.from_file(config))[0][:4]
+    run = tmp_path / "run"
+    assert main(["notes", str(run), "--config", str(config)]) == 2
+    assert f"{run} is not a compile run directory" in capsys.readouterr().err
+    (run / "round_1").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"reasoning_field": "reasoning"}))
+    wrong = [next(o for o in e.options if o != e.answer) for e in trainset]
+    teacher = [{"id": e.id, "reasoning": f"- Post [1] tells. So: {e.answer}."} for e in trainset[:3]]
+    teacher += [{"id": trainset[3].id, "error": "the teacher failed"}]  # no notes: not graded
+    kept = [
+        {"id": e.id, "trace": [{"predictor": "reason", "outputs": {"reasoning": notes}}, {"outputs": {"response": ""}}]}
+        for e, notes in zip(trainset, [wrong[0], "[1]\n\n[2]", trainset[2].answer, trainset[3].answer], strict=True)
+    ]
+    (run / "teacher_reasoning.jsonl").write_text("".join(json.dumps(r) + "\n" for r in teacher))
+    (run / "round_1/kept.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+    assert main(["notes", str(run), "--config", str(config)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:2] == ["reasoning", "n"]
+    assert lines[0].endswith("right option only  a wrong option  no option  cites a post")
+    assert lines[1].split() == ["teacher", "3", "1.000", "0.000", "0.000", "1.000"]
+    assert lines[2].split() == ["round_1", "kept", "4", "0.500", "0.250", "0.250", "0.000"]
+    kept[0]["id"] = "u-999-0"
+    (run / "round_1/kept.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+    assert main(["notes", str(run), "--config", str(config)]) == 2
+    assert "round_1 kept reasoning of examples ['u-999-0'] not in the training split" in capsys.readouterr().err
+
+
 def test_truncation_warnings_are_counted_not_printed(tiny_model_dir, caplog):
     lm = restpg_dspy.lm(f"local:{tiny_model_dir}", cache=False, max_tokens=3)
     counter = TruncationCounter()

@@ -14,7 +14,7 @@ from restpg_dspy.data.implicit_choice import (
     policy_response,
 )
 from restpg_dspy.data.personas import GREETINGS, PHRASES, SIGN_OFFS
-from restpg_dspy.evals import option_accuracy, rouge_l
+from restpg_dspy.evals import notes_choice, option_accuracy, rouge_l
 from restpg_dspy.evals.choice import content_words, named_options
 
 SPLITS = ("train", "val", "test")
@@ -115,6 +115,23 @@ def test_option_accuracy_needs_options_and_a_response():
         option_accuracy(dspy.Example(output="x"), dspy.Prediction(response="x"))
     with pytest.raises(ValueError, match="'response'"):
         option_accuracy(example, dspy.Prediction(text="x"))
+
+
+def test_notes_are_graded_on_the_options_they_name_and_the_posts_they_cite():
+    example = synthetic("val", seed=0, users=1, requests_per_user=1)[0]
+    right, wrong = example.answer, next(o for o in example.options if o != example.answer)
+    grades = {
+        "- Post [2] says a lot. So: " + right: (True, False, False, True),
+        f"[2] Post: copied text\nEither {right} or {wrong}.": (False, True, False, True),
+        "Hello!\n\n[1]\n\n[2]\n\n[3": (False, False, True, False),  # a bare list of numbers cites nothing
+        f"Post [1] then {wrong}": (False, True, False, True),
+    }
+    for notes, expected in grades.items():
+        graded = notes_choice(example, notes)
+        assert tuple(graded.values()) == expected, notes
+    assert list(graded) == ["names_answer_only", "names_wrong_option", "names_no_option", "cites_post"]
+    with pytest.raises(ValueError, match="'options'"):
+        notes_choice(dspy.Example(output="x"), "notes")
 
 
 @pytest.mark.parametrize("bad", [{"task": "poetry"}, {"requests_per_user": 4}])

@@ -6,6 +6,7 @@ import pytest
 import restpg_dspy
 from restpg_dspy.data import OracleError, oracle_teacher, synthetic
 from restpg_dspy.data.oracle import IMPLICATIONS, OracleEngine
+from restpg_dspy.evals import notes_choice
 from restpg_dspy.programs import PersonalizedWriter
 from restpg_dspy.programs.adapter import CompletionAdapter
 from restpg_dspy.programs.signatures import HindsightReasoning
@@ -43,6 +44,12 @@ def test_notes_cite_the_evidence_post_its_implication_and_the_right_option():
             f"- The option that fits: {example.answer}.",
         ]
         assert example.output not in notes
+        assert notes_choice(example, notes) == {
+            "names_answer_only": True,
+            "names_wrong_option": False,
+            "names_no_option": False,
+            "cites_post": True,
+        }
 
 
 def test_noisy_oracle_names_a_wrong_offered_option_for_about_its_fraction():
