@@ -65,7 +65,8 @@ def _rounds(run_dir: Path) -> list[Path]:
 def trained_reasoning(run_dir: str | Path) -> dict[str, list[tuple[str, str]]]:
     """The reasoning a compile run trained on, by source: ``teacher`` (the hindsight notes, one per example the
     teacher explained) and ``round_<r> kept`` (the reasoning step of each trace the round kept), as (example id,
-    reasoning) pairs.
+    reasoning) pairs. A source without reasoning (a run without a teacher, a program without a reasoning step) is
+    left out.
 
     Raises:
         FileNotFoundError: ``run_dir`` is not a compile run (it has no ``config.json``).
@@ -78,11 +79,11 @@ def trained_reasoning(run_dir: str | Path) -> dict[str, list[tuple[str, str]]]:
     teacher = read_jsonl(run_dir / "teacher_reasoning.jsonl")  # a row without reasoning holds the teacher's error
     sources = {"teacher": [(row["id"], row["reasoning"]) for row in teacher if "reasoning" in row]}
     for folder in _rounds(run_dir):
-        sources[f"{folder.name} kept"] = [
-            (sample["id"], _reasoning(sample["trace"], field)) for sample in read_jsonl(folder / "kept.jsonl")
-        ]
+        kept = [(sample["id"], _reasoning(sample["trace"], field)) for sample in read_jsonl(folder / "kept.jsonl")]
+        sources[f"{folder.name} kept"] = [(i, text) for i, text in kept if text is not None]
     return {source: pairs for source, pairs in sources.items() if pairs}
 
 
-def _reasoning(trace: list[dict[str, Any]], field: str) -> str:
-    return next((call["outputs"][field] for call in trace if field in call["outputs"]), "")
+def _reasoning(trace: list[dict[str, Any]], field: str) -> str | None:
+    """The reasoning step's output in ``trace``; ``None`` for a program without one (ReST-EM's traces, say)."""
+    return next((call["outputs"][field] for call in trace if field in call["outputs"]), None)

@@ -249,7 +249,7 @@ def run_notes(args: argparse.Namespace) -> None:
 
     sources = trained_reasoning(args.run_dir)
     if not sources:
-        raise UsageError(f"{args.run_dir} holds no teacher notes and no kept traces yet")
+        raise UsageError(f"{args.run_dir} holds no teacher notes and no kept reasoning (yet)")
     config = TableConfig.from_file(args.config)
     examples = {str(example.id): example for example in load_task(config.tasks[0], config)[0]}
     columns = {
@@ -262,7 +262,7 @@ def run_notes(args: argparse.Namespace) -> None:
     for source, pairs in sources.items():
         unknown = sorted({i for i, _ in pairs} - set(examples))
         if unknown:
-            raise UsageError(f"{source} reasoning of examples {unknown[:3]} not in the training split of {args.config}")
+            raise UsageError(f"{source}: examples {unknown[:3]} are not in the training split of {args.config}")
         try:
             graded = [notes_choice(examples[i], text) for i, text in pairs]
         except ValueError as err:

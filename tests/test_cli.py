@@ -122,7 +122,13 @@ def test_notes_grades_the_teacher_notes_and_kept_reasoning_of_a_run(tmp_path, ca
     kept[0]["id"] = "u-999-0"
     (run / "round_1/kept.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
     assert main(["notes", str(run), "--config", str(config)]) == 2
-    assert "round_1 kept reasoning of examples ['u-999-0'] not in the training split" in capsys.readouterr().err
+    assert "round_1 kept: examples ['u-999-0'] are not in the training split" in capsys.readouterr().err
+    for sample in kept:  # a program without a reasoning step (ReST-EM) kept responses only: nothing to grade
+        sample["trace"] = sample["trace"][1:]
+    (run / "round_1/kept.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+    (run / "teacher_reasoning.jsonl").write_text("")
+    assert main(["notes", str(run), "--config", str(config)]) == 2
+    assert "holds no teacher notes and no kept reasoning" in capsys.readouterr().err
 
 
 def test_truncation_warnings_are_counted_not_printed(tiny_model_dir, caplog):
