@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -117,18 +116,19 @@ def format_difference(stats: dict[str, Any], digits: int = 3) -> str:
     return f"{stats['mean_difference']:+.{digits}f} [{stats['ci_low']:+.{digits}f}, {stats['ci_high']:+.{digits}f}]"
 
 
-def adjacent_differences(
+def paired_differences(
     rows: dict[str, list[dict[str, Any]]],
-    order: list[str],
+    pairs: Iterable[tuple[str, str]],
     metrics: list[str],
     subsets: dict[str, set[str] | None],
     units: dict[str, str | Mapping[str, str]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Paired differences of each adjacent pair of ``order`` (methods absent from ``rows`` are skipped).
+    """Paired differences of each ``(better, worse)`` pair of methods (a pair with a method absent from ``rows`` is
+    skipped).
 
     Args:
         rows: Per-example rows of each method's evaluation.
-        order: Methods from the expected best to the expected worst, e.g. REST-PG, ReST-EM, SFT, RAG.
+        pairs: ``(better, worse)`` method names: the difference is ``better − worse``.
         metrics: Metric names to compare.
         subsets: ``{name: example ids}`` to compare on (``None``: all examples), e.g. seen and held-out wordings.
         units: ``{name: by}`` of :func:`paired_bootstrap`, one interval each (default ``{"users": "user_id"}``).
@@ -139,9 +139,10 @@ def adjacent_differences(
         One entry per (pair, subset, unit, metric): ``better``, ``worse``, ``subset``, ``unit``, ``metric`` and
         the :func:`paired_bootstrap` fields.
     """
-    present = [method for method in order if method in rows]
     entries = []
-    for better, worse in pairwise(present):
+    for better, worse in pairs:
+        if better not in rows or worse not in rows:
+            continue
         for subset, ids in subsets.items():
             for unit, by in (units or {"users": "user_id"}).items():
                 for metric in metrics:
@@ -155,7 +156,7 @@ def adjacent_differences(
 
 
 def differences_table(entries: list[dict[str, Any]]) -> str:
-    """A Markdown table of :func:`adjacent_differences`: one row per pair, subset and resampled unit, one column per
+    """A Markdown table of :func:`paired_differences`: one row per pair, subset and resampled unit, one column per
     metric."""
     metrics = list(dict.fromkeys(e["metric"] for e in entries))
     cells: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)

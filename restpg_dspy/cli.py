@@ -216,7 +216,7 @@ def _distinct_names(paths: list[Path]) -> list[str]:
 
 
 def run_compare(args: argparse.Namespace) -> None:
-    from restpg_dspy.evals.paired import adjacent_differences, differences_table, read_rows
+    from restpg_dspy.evals.paired import differences_table, paired_differences, read_rows
     from restpg_dspy.experiments import TableConfig, load_task
     from restpg_dspy.experiments.table import comparison_units, wording_subsets
 
@@ -236,7 +236,7 @@ def run_compare(args: argparse.Namespace) -> None:
         config = TableConfig.from_file(args.config)
         testset = load_task(config.tasks[0], config)[1]
         subsets, units = wording_subsets(testset), comparison_units(testset)
-    entries = adjacent_differences(rows, names, metrics, subsets, units)
+    entries = paired_differences(rows, [tuple(names)], metrics, subsets, units)
     if not entries:
         raise UsageError(f"{paths[0]} and {paths[1]} share no scored example for the metrics {metrics}")
     print(differences_table(entries))

@@ -388,6 +388,38 @@ def test_paired_bootstrap_resamples_users_and_matches_a_hand_computation():
         paired_bootstrap(a, b, "rouge_l")
 
 
+def test_a_table_compares_the_paper_order_and_the_ablation_pairs_of_the_methods_it_ran():
+    from restpg_dspy.evals.paired import differences_table, paired_differences
+    from restpg_dspy.experiments.registry import compared_pairs
+
+    # A table of SFT with reasoning and REST-PG alone has no adjacent pair of the paper's order, yet it is the
+    # comparison that says what self-training added.
+    assert compared_pairs(["sft-reasoning", "rest-pg"]) == [("rest-pg", "sft-reasoning")]
+    assert compared_pairs(["rest-pg", "rest-em", "sft", "rag"]) == [
+        ("rest-pg", "rest-em"),
+        ("rest-em", "sft"),
+        ("sft", "rag"),
+    ]
+    scores = {"rest-pg": [1.0, 1.0, 0.0, 1.0], "sft-reasoning": [0.0, 1.0, 0.0, 1.0], "sft": [0.0, 0.0, 0.0, 1.0]}
+    rows = {
+        method: [{"id": str(i), "user_id": f"u{i // 2}", "m": v} for i, v in enumerate(values)]
+        for method, values in scores.items()
+    }
+    entries = paired_differences(
+        rows, [*compared_pairs(rows), ("rest-pg", "rag")], ["m"], {"all": None, "first": {"0"}}
+    )
+    differences = {(e["better"], e["worse"], e["subset"]): e["mean_difference"] for e in entries}
+    assert differences == {
+        ("rest-pg", "sft", "all"): 0.5,
+        ("rest-pg", "sft", "first"): 1.0,
+        ("rest-pg", "sft-reasoning", "all"): 0.25,
+        ("rest-pg", "sft-reasoning", "first"): 1.0,
+        ("sft-reasoning", "sft", "all"): 0.25,
+        ("sft-reasoning", "sft", "first"): 0.0,
+    }  # ("rest-pg", "rag") is skipped: RAG did not run
+    assert "| rest-pg − sft-reasoning | all (n=4, 2 users) | +0.250 [" in differences_table(entries)
+
+
 def test_weighted_mean_reward_from_a_config_string():
     reward = resolve_metrics(["0.75*rouge_l+0.25*option_accuracy"])[0]
     assert reward.__name__ == "0.75*rouge_l+0.25*option_accuracy"

@@ -9,7 +9,7 @@ Example:
 """
 
 from restpg_dspy.experiments.config import TableConfig
-from restpg_dspy.experiments.registry import METHODS, METRICS, PAPER_ORDER, RETRIEVERS
+from restpg_dspy.experiments.registry import ABLATION_PAIRS, METHODS, METRICS, PAPER_ORDER, RETRIEVERS
 from restpg_dspy.experiments.table import (
     build_method,
     compile_method,
@@ -21,6 +21,7 @@ from restpg_dspy.experiments.table import (
 )
 
 __all__ = [
+    "ABLATION_PAIRS",
     "METHODS",
     "METRICS",
     "PAPER_ORDER",

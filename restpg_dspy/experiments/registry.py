@@ -16,7 +16,9 @@ Example:
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 import dspy
@@ -57,10 +59,26 @@ COMPILED = tuple(name for name, method in METHODS.items() if method.optimizer is
 UNCOMPILED = tuple(name for name, method in METHODS.items() if method.optimizer is None)
 # The paper's ordering, best first: each adjacent pair is compared with a paired interval.
 PAPER_ORDER = ("rest-pg", "rest-em", "sft", "rag", "no-personalization")
+# Pairs that isolate one part of REST-PG, compared too: what self-training adds to SFT on the teacher's reasoning, and
+# what that reasoning adds to plain SFT.
+ABLATION_PAIRS = (("rest-pg", "sft-reasoning"), ("sft-reasoning", "sft"))
 METRICS = {"rouge_1": rouge_1, "rouge_l": rouge_l, "meteor": meteor, "option_accuracy": option_accuracy}
 METRIC_NAMES = (*METRICS, "llm_judge")
 RETRIEVERS = {"bm25": BM25, "dense": Dense, "recency": Recency}
 TASK_SPECS = "'synthetic', 'longlamp:<task>' or 'longlamp:<task>:<path with {split}>'"
+
+
+def compared_pairs(methods: Iterable[str]) -> list[tuple[str, str]]:
+    """The ``(better, worse)`` pairs a table of ``methods`` compares: each adjacent pair of the paper's order among
+    them, then each ablation pair whose two methods are both there.
+
+    Example:
+        >>> compared_pairs(["sft", "sft-reasoning", "rest-pg", "rag"])
+        [('rest-pg', 'sft'), ('sft', 'rag'), ('rest-pg', 'sft-reasoning'), ('sft-reasoning', 'sft')]
+    """
+    methods = set(methods)
+    adjacent = pairwise(m for m in PAPER_ORDER if m in methods)
+    return [*adjacent, *(pair for pair in ABLATION_PAIRS if set(pair) <= methods)]
 
 
 def check_name(kind: str, name: str, known: Any) -> None:

@@ -2,7 +2,9 @@
 
 Methods (rows of REST-PG's Table 1, plus the uncompiled programs) are those of the registry
 (:data:`~restpg_dspy.experiments.registry.METHODS`). After the table, each adjacent pair of the paper's order
-(:data:`~restpg_dspy.experiments.registry.PAPER_ORDER`) is compared example by example
+(:data:`~restpg_dspy.experiments.registry.PAPER_ORDER`), and each ablation pair
+(:data:`~restpg_dspy.experiments.registry.ABLATION_PAIRS`: REST-PG against SFT with reasoning, SFT with reasoning
+against SFT), is compared example by example
 (:func:`restpg_dspy.evals.paired_bootstrap`, resampling users), on all test examples and, for ``implicit_choice``,
 separately on seen and held-out evidence wordings, with a second interval that resamples the evidence wordings
 themselves: ``paired.md`` and ``paired.json``.
@@ -130,7 +132,7 @@ def run_table(config: TableConfig) -> dict[str, dict[str, Any]]:
     """
     from restpg_dspy.evals import evaluate
     from restpg_dspy.evals.metrics import metric_name
-    from restpg_dspy.evals.paired import adjacent_differences, differences_table
+    from restpg_dspy.evals.paired import differences_table, paired_differences
     from restpg_dspy.evals.report import markdown_table, plot_scores
 
     root = Path(config.run_dir)
@@ -168,8 +170,8 @@ def run_table(config: TableConfig) -> dict[str, dict[str, Any]]:
             scores = "  ".join(f"{name}={stats['mean']:.4f}" for name, stats in summary.items())
             print(f"[{slug}] {method}: {scores}", flush=True)
             (root / "results.json").write_text(json.dumps(results, indent=2))
-        differences[slug] = adjacent_differences(
-            rows, list(registry.PAPER_ORDER), metric_names, wording_subsets(testset), comparison_units(testset)
+        differences[slug] = paired_differences(
+            rows, registry.compared_pairs(rows), metric_names, wording_subsets(testset), comparison_units(testset)
         )
     (root / "paired.json").write_text(json.dumps(differences, indent=2))
     (root / "paired.md").write_text(
