@@ -6,7 +6,7 @@ Example:
     >>> other = restpg_dspy.lm("local:/models/Qwen2.5-0.5B-Instruct")  # doctest: +SKIP
     >>> judge = restpg_dspy.lm("openai/gpt-4o-mini")  # doctest: +SKIP
     >>> restpg_dspy.lm("oracle:0.3").model  # the implicit_choice oracle teacher, 30% of its notes wrong
-    'oracle/implicit_choice-v1-noise0.3-seed0'
+    'oracle/implicit_choice-notes2-noise0.3-seed0'
 """
 
 from __future__ import annotations

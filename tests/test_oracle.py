@@ -1,5 +1,7 @@
 """The oracle teacher of the implicit_choice task: notes from the generator's traits, never invented."""
 
+from collections import Counter
+
 import dspy
 import pytest
 
@@ -28,15 +30,15 @@ def hindsight(teacher, example, profile=None):
 
 
 def evidence_post(example):
-    wording = example.traits["wording"]
-    from restpg_dspy.data.implicit_choice import FACTS
+    from restpg_dspy.data.oracle import EVIDENCE
 
-    text = FACTS[example.fact]["evidence"][wording]
+    text = next(sentence for sentence in EVIDENCE if any(sentence in item["text"] for item in example.profile))
     return next(n for n, item in enumerate(example.profile, start=1) if text in item["text"])
 
 
-def test_notes_cite_the_evidence_post_its_implication_and_the_right_option():
-    for example in synthetic("test", seed=0, users=6, requests_per_user=3):
+@pytest.mark.parametrize("task", ["implicit_choice", "implicit_choice_v2"])
+def test_notes_cite_the_evidence_post_its_implication_and_the_right_option(task):
+    for example in synthetic("test", seed=0, users=6, requests_per_user=3, task=task):
         notes = hindsight(oracle_teacher(), example)
         assert notes.splitlines() == [
             f"- Post [{evidence_post(example)}] shows that {IMPLICATIONS[example.fact]}.",
@@ -67,6 +69,21 @@ def test_noisy_oracle_names_a_wrong_offered_option_for_about_its_fraction():
     )
 
 
+def test_a_noisy_note_cites_a_distractor_post_drawn_with_its_wrong_fact():
+    cited = Counter()
+    for example in synthetic("train", seed=0, task="implicit_choice_v2"):
+        notes = OracleEngine(noise=0.3, seed=2).notes(f"Profile:\n{shown_profile(example)}\n\n{example.request}")
+        post = int(notes.split("[", 1)[1].split("]", 1)[0])
+        if notes.splitlines()[-1] != f"- The option that fits: {example.answer}.":
+            assert post != evidence_post(example)
+            distractors = [n for n in range(1, 5) if n != evidence_post(example)]
+            cited[distractors.index(post)] += 1
+        else:
+            assert post == evidence_post(example)
+    # The cited distractor is not a fixed pattern (v1 always cited the lowest-numbered one): each rank is cited.
+    assert sorted(cited) == [0, 1, 2] and min(cited.values()) >= 0.15 * sum(cited.values())
+
+
 def test_oracle_refuses_what_it_did_not_generate():
     life_facts = synthetic("train", seed=0, users=1, requests_per_user=1, task="life_facts")[0]
     with pytest.raises(OracleError, match="no evidence post of the implicit_choice task"):
@@ -81,7 +98,7 @@ def test_oracle_refuses_what_it_did_not_generate():
 
 
 def test_backend_string_and_saved_program_keep_the_oracle():
-    assert restpg_dspy.lm("oracle").model == "oracle/implicit_choice-v1-noise0-seed0"
+    assert restpg_dspy.lm("oracle").model == "oracle/implicit_choice-notes2-noise0-seed0"
     teacher = restpg_dspy.lm("oracle:0.25")
     state = teacher.dump_state()
     assert dspy.LM.load_state(state, allow_custom_lm_class=True).engine.noise == 0.25

@@ -11,14 +11,15 @@ and writes short notes citing only what the prompt shows (which post, what it im
 
 It is a ``dspy.LM`` (a custom DSPy engine), usable wherever a teacher LM goes. It never invents notes: a prompt that
 shows no evidence post of the task, or none of the options that follow from it, raises :class:`OracleError`.
-Controls: ``noise=`` makes a deterministic fraction of the notes name a wrong fact (and its option, citing a
-distractor post); the student as its own teacher is the other control (``teacher=None``).
+It explains both versions of the task (``implicit_choice`` and ``implicit_choice_v2``). Controls: ``noise=`` makes a
+deterministic fraction of the notes name a wrong fact (and its option, citing a distractor post drawn by the same
+hash); the student as its own teacher is the other control (``teacher=None``).
 
 Example:
     >>> from restpg_dspy.data import oracle_teacher, synthetic
     >>> teacher = oracle_teacher()
     >>> teacher.model
-    'oracle/implicit_choice-v1-noise0-seed0'
+    'oracle/implicit_choice-notes2-noise0-seed0'
     >>> example = synthetic("test", seed=0, users=1, requests_per_user=1)[0]
     >>> posts = "\n".join(f"[{n}] Post: {item['text']}" for n, item in enumerate(example.profile, start=1))
     >>> print(teacher.engine.notes(f"Profile:\n{posts}\n\nRequest:\n{example.request}"))
@@ -40,7 +41,8 @@ from typing import Any
 import dspy
 from dspy.lm15 import Message, Response, TextPart, Usage
 
-from restpg_dspy.data.implicit_choice import FACTS, FAMILIES
+from restpg_dspy.data import implicit_choice, implicit_choice_v2
+from restpg_dspy.data.implicit_choice import FAMILIES
 from restpg_dspy.errors import UsageError
 
 IMPLICATIONS = {
@@ -50,7 +52,15 @@ IMPLICATIONS = {
 }
 _POST_MARKER = re.compile(r"\[(\d+)\]")
 # Part of the model id: bump it whenever the notes change, so no cache or run directory mixes two versions.
-NOTES_VERSION = 1
+# 2: a noisy note cites a distractor post drawn by the same hash as its wrong fact (1 always cited the first one).
+NOTES_VERSION = 2
+# Every evidence sentence of both versions of the task, and the fact it implies (version 2 extends version 1).
+EVIDENCE = {
+    sentence: fact
+    for facts in (implicit_choice.FACTS, implicit_choice_v2.FACTS)
+    for fact, spec in facts.items()
+    for sentence in spec["evidence"]
+}
 
 
 class OracleError(UsageError):
@@ -61,8 +71,8 @@ class OracleEngine:
     """DSPy engine behind :func:`oracle_teacher`.
 
     Args:
-        noise: Fraction of examples (chosen by a hash of the prompt's evidence and request) whose notes name a wrong
-            fact: one of the other offered options' needs.
+        noise: Fraction of examples (chosen by a hash of the seed and the prompt) whose notes name a wrong fact, one
+            of the other offered options' needs, and cite a distractor post, both drawn by the same hash.
         seed: Decides, with the prompt, which examples are noisy and which wrong fact they get.
     """
 
@@ -74,7 +84,7 @@ class OracleEngine:
 
     @property
     def model_id(self) -> str:
-        return f"oracle/implicit_choice-v{NOTES_VERSION}-noise{self.noise:g}-seed{self.seed}"
+        return f"oracle/implicit_choice-notes{NOTES_VERSION}-noise{self.noise:g}-seed{self.seed}"
 
     def notes(self, prompt: str) -> str:
         """The hindsight notes for one prompt (its last user message).
@@ -82,12 +92,12 @@ class OracleEngine:
         Raises:
             OracleError: no evidence wording of the task, or no option of the evidence's fact, is in the prompt.
         """
-        found = [(prompt.find(w), fact) for fact, spec in FACTS.items() for w in spec["evidence"] if w in prompt]
+        found = sorted((prompt.find(sentence), fact) for sentence, fact in EVIDENCE.items() if sentence in prompt)
         if not found:
             raise OracleError(
                 "the prompt shows no evidence post of the implicit_choice task; the oracle teacher only explains "
-                "examples that restpg_dspy.data.synthetic(task='implicit_choice') generated, with the whole profile "
-                "shown, and never invents notes"
+                "examples of restpg_dspy.data.synthetic(task='implicit_choice' or 'implicit_choice_v2'), with the "
+                "whole profile shown, and never invents notes"
             )
         position, fact = found[0]
         offered = {
@@ -103,13 +113,16 @@ class OracleEngine:
         others = sorted(f for f in offered if f != fact)
         draw = int(hashlib.sha256(f"{self.seed}:{prompt}".encode()).hexdigest()[:8], 16) / 16**8
         if others and draw < self.noise:
-            fact = others[int(draw / max(self.noise, 1e-12) * len(others)) % len(others)]
-            distractors = [number for start, number in markers if number != post]
-            post = distractors[0] if distractors else post
+            # One uniform draw in [0, 1) picks the wrong fact and, through its finer digits, the distractor cited.
+            position = draw / self.noise * len(others)
+            fact = others[int(position) % len(others)]
+            distractors = sorted({number for _, number in markers if number != post}, key=int)
+            if distractors:
+                post = distractors[int((position % 1) * len(distractors)) % len(distractors)]
         cited = f"Post [{post}]" if post else "An earlier post"
         return (
             f"- {cited} shows that {IMPLICATIONS[fact]}.\n"
-            f"- So what matters most to them: {FACTS[fact]['aspect']}.\n"
+            f"- So what matters most to them: {implicit_choice.FACTS[fact]['aspect']}.\n"
             f"- The option that fits: {offered[fact]}."
         )
 

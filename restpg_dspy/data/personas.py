@@ -98,15 +98,23 @@ def sentence(phrase: str, rest: str) -> str:
     return f"{phrase[0].upper()}{phrase[1:]}, {rest}"
 
 
-def split_names(seed: int, split: str, count: int) -> list[tuple[int, str]]:
+def split_names(
+    seed: int, split: str, count: int, *, slices: dict[str, tuple[int, int]] = NAME_SLICES
+) -> list[tuple[int, str]]:
     """``(index, full name)`` of the first ``count`` users of ``split``; indices and names never repeat across splits.
+
+    Args:
+        seed: Shuffles the name pool.
+        split: ``train``, ``val`` or ``test``.
+        count: Users wanted.
+        slices: Each split's disjoint ``(start, stop)`` range of the shuffled pool (a task may size its splits).
 
     Raises:
         UsageError: an unknown split, or more users than the split has room for.
     """
-    if split not in NAME_SLICES:
-        raise UsageError(f"unknown split {split!r}; choose one of {list(NAME_SLICES)}")
-    start, stop = NAME_SLICES[split]
+    if split not in slices:
+        raise UsageError(f"unknown split {split!r}; choose one of {list(slices)}")
+    start, stop = slices[split]
     if count > stop - start:
         raise UsageError(f"the {split} split has room for {stop - start} synthetic users, {count} were asked for")
     names = [f"{first} {last}" for first in FIRST_NAMES for last in LAST_NAMES]

@@ -4,6 +4,8 @@ Tasks:
 
 * ``implicit_choice`` (default): the user picks one of three options; only reasoning from an evidence post in their
   profile to their need tells which (see :mod:`restpg_dspy.data.implicit_choice`).
+* ``implicit_choice_v2``: the same task with 8 held-out evidence sentences per fact and test users balanced across
+  facts, sentences and option positions by construction (see :mod:`restpg_dspy.data.implicit_choice_v2`).
 * ``life_facts``: style and life facts shape a free-form post; similarity retrieval often misses the life facts
   (see :mod:`restpg_dspy.data.life_facts`).
 
@@ -11,10 +13,10 @@ Example:
     >>> from restpg_dspy.data import synthetic
     >>> len(synthetic("val", seed=0, users=2, requests_per_user=1))
     2
-    >>> synthetic("val", task="poetry")
+    >>> synthetic("val", task="poetry")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    restpg_dspy.errors.UsageError: unknown synthetic task 'poetry'; choose one of ['implicit_choice', 'life_facts']
+    restpg_dspy.errors.UsageError: unknown synthetic task 'poetry'; choose one of ['implicit_choice', ...]
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ from typing import Any
 import dspy
 
 from restpg_dspy.data.implicit_choice import implicit_choice
+from restpg_dspy.data.implicit_choice_v2 import implicit_choice_v2
 from restpg_dspy.data.life_facts import life_facts
 from restpg_dspy.data.personas import NAME_SLICES
 from restpg_dspy.errors import UsageError
 
-TASKS = {"implicit_choice": implicit_choice, "life_facts": life_facts}
+TASKS = {"implicit_choice": implicit_choice, "implicit_choice_v2": implicit_choice_v2, "life_facts": life_facts}
 
 
 def synthetic(
@@ -39,7 +42,7 @@ def synthetic(
     Args:
         split: ``train``, ``val`` or ``test``; users never repeat across splits of one seed.
         seed: The same seed always yields the same data.
-        task: ``implicit_choice`` or ``life_facts``.
+        task: ``implicit_choice``, ``implicit_choice_v2`` or ``life_facts``.
         **options: The task's own settings (``users``, ``requests_per_user``, ...; see each task).
 
     Raises:
