@@ -36,6 +36,7 @@ import tempfile
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import dspy
@@ -76,6 +77,7 @@ STAGE_FIELDS = (
     "inputs_without_kept",
     "distinct_per_input",
     "reward_spread_rate",
+    "option_spread_rate",
     "truncation_rate",
     "reasoning_truncation_rate",
     "response_truncation_rate",
@@ -179,7 +181,11 @@ class RESTPG(Teleprompter):
             samples = self._e_step(job, current_lm, trainset, round_number)
             kept = self._select(samples["samples"])
             job.run.write_jsonl(f"{stage}/kept.jsonl", kept)
-            entry = {"stage": stage, **self._round_stats(samples["samples"], kept), **samples["sampled_with"]}
+            entry = {
+                "stage": stage,
+                **self._round_stats(samples["samples"], kept, trainset),
+                **samples["sampled_with"],
+            }
             if not kept:
                 finish({**entry, "skipped": "no sample passed the selection; the previous model is kept"}, None)
                 continue
@@ -194,6 +200,21 @@ class RESTPG(Teleprompter):
         compiled.restpg_history = history
         compiled.restpg_run_dir = str(job.run.path)
         return compiled
+
+    def explore(self, program: dspy.Module, trainset: list[dspy.Example]) -> dict[str, Any]:
+        """Draw one E-step from ``program`` as it is, without training, and summarise it as a round's summary does.
+
+        It tells before any M-step whether self-training would have anything to choose on ``trainset``
+        (``reward_spread_rate``, ``option_spread_rate``, ``distinct_per_input``). The samples are those round 1 of a
+        compile from this program draws (same seeds), kept in ``run_dir`` so an interrupted call resumes.
+        """
+        base = _single_lm(predictor_lms(program))
+        identity = {"explore": self._config(program, base, base, trainset), "model": base.model}
+        run = RunDir(self.config.run_dir or tempfile.mkdtemp(prefix="restpg-explore-"), identity)
+        samples = self._sample(program, trainset, 1, run)
+        stats = self._round_stats(samples, self._select(samples), trainset)
+        run.write_json("explore.json", stats)
+        return stats
 
     # --- stages ----------------------------------------------------------------------------------------------
 
@@ -481,7 +502,9 @@ class RESTPG(Teleprompter):
         excess = (tokens - self.config.reasoning_length_target) / self.config.reasoning_length_target
         return sample["reward"] - self.config.reasoning_length_penalty * excess
 
-    def _round_stats(self, samples: list[dict[str, Any]], kept: list[dict[str, Any]]) -> dict[str, Any]:
+    def _round_stats(
+        self, samples: list[dict[str, Any]], kept: list[dict[str, Any]], trainset: list[dspy.Example]
+    ) -> dict[str, Any]:
         rewards = sorted(s["reward"] for s in samples if s.get("reward") is not None)
         inputs = {s["id"] for s in samples}
         kept_inputs = {s["id"] for s in kept}
@@ -500,6 +523,7 @@ class RESTPG(Teleprompter):
                 traces[sample["id"]].add(_trace_key(sample))
                 input_rewards[sample["id"]].add(sample["reward"])
         spread = sum(1 for values in input_rewards.values() if len(values) > 1)
+        option_spread = _option_spread_rate(samples, trainset)
 
         return {
             "samples": len(samples),
@@ -514,6 +538,9 @@ class RESTPG(Teleprompter):
             "distinct_per_input": round(statistics.fmean(map(len, traces.values())), 2) if traces else None,
             # The inputs whose draws earned different rewards: the only ones where the selection prefers a trace.
             "reward_spread_rate": round(spread / len(input_rewards), 4) if input_rewards else None,
+            # Where examples offer options: the inputs whose draws chose differently (ROUGE-L wording alone can
+            # spread the rewards; only a different choice lets the selection prefer the right one).
+            **({"option_spread_rate": option_spread} if option_spread is not None else {}),
             "truncation_rate": rate(lambda s: s.get("truncated")),
             "reasoning_truncation_rate": rate(lambda s: "reasoning" in s.get("truncated_steps", ())),
             "response_truncation_rate": rate(lambda s: "response" in s.get("truncated_steps", ())),
@@ -597,7 +624,8 @@ class RESTPG(Teleprompter):
                 "predictors": {n: p.signature.instructions for n, p in student.named_predictors()},
             },
             "student_lm": base.model,
-            "teacher_lm": teacher.model,
+            # A run without a reasoning stage never asks the teacher: it is no part of what the run computes.
+            "teacher_lm": teacher.model if self.config.teacher_reasoning else None,
             "trainset": data,
         }
 
@@ -636,6 +664,23 @@ def _trace_key(sample: dict[str, Any]) -> str:
     return json.dumps([call["outputs"] for call in sample["trace"]], sort_keys=True)
 
 
+def _option_spread_rate(samples: list[dict[str, Any]], trainset: list[dspy.Example]) -> float | None:
+    """The share of inputs whose drawn responses (each trace's last step) name different options (None: the
+    examples offer no options)."""
+    from restpg_dspy.evals.choice import named_options
+
+    options = {e.id: e.get("options") for e in trainset if isinstance(e.get("options"), list)}
+    choices: dict[Any, set[tuple[str, ...]]] = defaultdict(set)
+    for sample in samples:
+        if sample.get("reward") is None or sample["id"] not in options:
+            continue
+        (response,) = sample["trace"][-1]["outputs"].values()
+        choices[sample["id"]].add(tuple(named_options(response, options[sample["id"]])))
+    if not choices:
+        return None
+    return round(sum(1 for named in choices.values() if len(named) > 1) / len(choices), 4)
+
+
 def _user(example: dspy.Example) -> str:
     return str(example.get("user_id", example.id))
 
@@ -645,6 +690,19 @@ def _single_lm(lms: dict[str, dspy.LM]) -> dspy.LM:
     if len(distinct) > 1:
         raise UsageError(f"REST-PG trains one student LM shared by all predictors; these use several: {lms}")
     return next(iter(lms.values()))
+
+
+def stage_lm(base: dspy.LM, run_dir: str | Path, stage: str) -> dspy.LM:
+    """The LM that a finished stage (``"sft"``, ``"round_1"``, ...) of a compile run in ``run_dir`` trained on
+    ``base``'s weights.
+
+    Raises:
+        UsageError: the stage has not finished in that run directory.
+    """
+    path = Path(run_dir) / stage / "model.json"
+    if not path.is_file():
+        raise UsageError(f"{run_dir} has no finished stage {stage!r} ({path} is missing)")
+    return _restore_lm(base, json.loads(path.read_text()))
 
 
 def _restore_lm(base: dspy.LM, done: dict[str, Any]) -> dspy.LM:
@@ -669,4 +727,4 @@ def _seed(seed: int, example_id: Any, round_number: int, index: int) -> int:
     return int(digest[:8], 16)
 
 
-__all__ = ["RESTPG", "SFT", "ReSTEM", "SFTWithReasoning", "Trace"]
+__all__ = ["RESTPG", "SFT", "ReSTEM", "SFTWithReasoning", "Trace", "stage_lm"]

@@ -61,9 +61,10 @@ def lm(
             'local'>"`` samples through vLLM in this process (:class:`~restpg_dspy.vllm_engine.VLLMEngine`);
             ``"vllm-server:<url>"`` through a running ``vllm serve`` (pass ``model=`` the folder it serves,
             :class:`~restpg_dspy.vllm_server.VLLMServerEngine`); ``"oracle"`` (or ``"oracle:<noise>"``) is the oracle
-            teacher of the ``implicit_choice`` task (:func:`restpg_dspy.data.oracle_teacher`), standing in for a large
-            teacher LM offline; anything else is passed to ``dspy.LM`` (LiteLLM / native providers), e.g.
-            ``"openai/gpt-4o-mini"``. vLLM backends sample but do not train: pass them to REST-PG as ``sampler=``.
+            teacher of the ``implicit_choice`` task (:func:`restpg_dspy.data.oracle_teacher`; ``seed=`` picks its
+            noisy notes), standing in for a large teacher LM offline; anything else is passed to ``dspy.LM``
+            (LiteLLM / native providers), e.g. ``"openai/gpt-4o-mini"``. vLLM backends sample but do not train: pass
+            them to REST-PG as ``sampler=``.
         temperature: Default sampling temperature.
         max_tokens: Default token budget per completion (long-form tasks such as LongLaMP abstracts may want 512).
         adapter: For backends that serve adapters, the folder of a saved LoRA adapter to serve on the base model.
@@ -79,7 +80,7 @@ def lm(
 
         noise = spec.partition(":")[2]
         try:
-            return oracle_teacher(noise=float(noise) if noise else 0.0)
+            return oracle_teacher(noise=float(noise) if noise else 0.0, seed=kwargs.get("seed", 0))
         except ValueError as err:
             raise UsageError(f"backend {spec!r}: 'oracle:<noise>' takes a fraction in [0, 1] ({err})") from None
     if spec.startswith(VLLM_SERVER_PREFIX):

@@ -1,4 +1,4 @@
-"""The ``restpg`` command: demo, compile, evaluate, table, compare and report.
+"""The ``restpg`` command: demo, compile, calibrate, evaluate, table, compare, notes and report.
 
 Backends are strings everywhere: ``local`` (the embedded SmolLM2-135M-Instruct), ``local:<folder or hf id>``, or
 any LiteLLM model such as ``openai/gpt-4o-mini``. Data: ``synthetic`` or ``longlamp:<task>[:<file with {split}>]``.
@@ -83,6 +83,24 @@ def build_parser() -> argparse.ArgumentParser:
     compile_.add_argument("--rounds", type=int, help=RESTPGConfig.help("rounds"))
     compile_.add_argument("--samples", type=int, help=RESTPGConfig.help("samples_per_input"))
 
+    calibrate = commands.add_parser(
+        "calibrate",
+        help="choose a method's training epochs from training and validation statistics only, by a fixed rule",
+    )
+    _add_common(calibrate)
+    calibrate.add_argument("--method", required=True, choices=COMPILED, help="the method whose budget is chosen")
+    calibrate.add_argument(
+        "--rule",
+        required=True,
+        choices=["best_on_val", "room"],
+        help="best_on_val: the baseline's best validation score; room: an SFT stage below --max-val on validation "
+        "whose round-1 E-step spreads over options (see restpg_dspy.experiments.calibration)",
+    )
+    calibrate.add_argument("--epochs", required=True, help="comma-separated budgets, e.g. 1,2,4,8")
+    calibrate.add_argument("--record", required=True, help="JSON file of every trial (resumes; commit it)")
+    calibrate.add_argument("--max-val", type=float, default=0.9, help="room: validation score to stay below")
+    calibrate.add_argument("--min-spread", type=float, default=0.25, help="room: round-1 option spread to reach")
+
     evaluate = commands.add_parser("evaluate", help="evaluate a saved program or an uncompiled method (cached)")
     _add_common(evaluate)
     evaluate.add_argument("--program", help="program.json written by `restpg compile`")
@@ -147,16 +165,15 @@ def run_compile(args: argparse.Namespace) -> None:
 
     config = _config(args)
     overrides = {"rounds": args.rounds, "samples_per_input": args.samples}
-    student, teacher, judge = config_lms(config)
+    student, _, judge = config_lms(config)
     trainset, _ = load_task(config.tasks[0], config)
-    program, optimizer = build_method(args.method, config, student)
+    program, _ = build_method(args.method, config, student)
     run_dir = Path(config.run_dir)
     compiled = compile_method(
+        args.method,
         program,
-        optimizer,
         config,
         trainset=trainset,
-        teacher=teacher,
         judge=judge,
         run_dir=run_dir,
         **{k: v for k, v in overrides.items() if v is not None},
@@ -313,6 +330,19 @@ def main(argv: list[str] | None = None) -> int:
             print(Path(config.run_dir, "paired.md").read_text())
         elif args.command == "compile":
             run_compile(args)
+        elif args.command == "calibrate":
+            from restpg_dspy.experiments.calibration import calibrate
+
+            epochs = [float(value) for value in args.epochs.split(",")]
+            calibrate(
+                _config(args),
+                args.method,
+                args.rule,
+                epochs,
+                args.record,
+                max_val=args.max_val,
+                min_spread=args.min_spread,
+            )
         elif args.command == "evaluate":
             run_evaluate(args)
         elif args.command == "compare":

@@ -67,13 +67,32 @@ def test_cap_top_fraction_and_duplicates_per_input():
 def test_rounds_report_how_many_distinct_traces_and_rewards_each_input_drew():
     memorised = [sample("a", i, 1.0, "same") for i in range(4)] + [sample("b", i, 1.0, "same") for i in range(4)]
     optimizer = RESTPG()
-    stats = optimizer._round_stats(memorised, optimizer._select(memorised))
+    stats = optimizer._round_stats(memorised, optimizer._select(memorised), [])
     assert stats["distinct_per_input"] == 1.0 and stats["reward_spread_rate"] == 0.0
+    assert "option_spread_rate" not in stats  # no example offers options
     exploring = [sample("a", i, 0.5, f"answer {i % 3}") for i in range(4)] + [sample("b", 0, 0.5)]
-    stats = optimizer._round_stats(exploring, optimizer._select(exploring))
+    stats = optimizer._round_stats(exploring, optimizer._select(exploring), [])
     assert stats["distinct_per_input"] == 2.0 and stats["reward_spread_rate"] == 0.0  # (3 + 1) / 2; equal rewards
     spread = [sample("a", i, 0.25 * i, f"answer {i}") for i in range(4)] + [sample("b", 0, 0.5)]
-    assert optimizer._round_stats(spread, optimizer._select(spread))["reward_spread_rate"] == 0.5
+    assert optimizer._round_stats(spread, optimizer._select(spread), [])["reward_spread_rate"] == 0.5
+
+
+def test_option_spread_counts_inputs_whose_draws_chose_different_options():
+    options = ["the quiet inn by the lake", "the cheap hostel downtown"]
+    examples = [dspy.Example(id=name, options=options, answer=options[0]) for name in "abc"]
+    samples = [
+        # a: two wordings of the same choice (the rewards differ, the choice does not)
+        sample("a", 0, 0.9, "I pick the quiet inn by the lake."),
+        sample("a", 1, 0.7, "The lake inn, quiet and nice."),
+        # b: one draw names the inn, another the hostel
+        sample("b", 0, 0.9, "I pick the quiet inn by the lake."),
+        sample("b", 1, 0.5, "I pick the cheap hostel downtown."),
+        # c: one names an option, one names none
+        sample("c", 0, 0.9, "I pick the quiet inn by the lake."),
+        sample("c", 1, 0.1, "No idea."),
+    ]
+    stats = RESTPG()._round_stats(samples, RESTPG()._select(samples), examples)
+    assert stats["reward_spread_rate"] == 1.0 and stats["option_spread_rate"] == round(2 / 3, 4)
 
 
 def test_reasoning_length_penalty_prefers_shorter_reasoning_among_good_answers():

@@ -18,6 +18,8 @@ from typing import Any
 from restpg_dspy.errors import UsageError
 from restpg_dspy.experiments.registry import METHODS, METRIC_NAMES, RETRIEVERS, TASK_SPECS, check_name
 
+_OVERRIDABLE = ("teacher", "optimizer", "train_kwargs")
+
 
 def _help(text: str) -> dict[str, str]:
     return {"help": text}
@@ -60,8 +62,17 @@ class TableConfig:
     train_limit: int | None = field(default=None, metadata=_help("Most training examples per task (LongLaMP)."))
     test_limit: int | None = field(default=None, metadata=_help("Most test examples per task (LongLaMP)."))
     synthetic_train_users: int = field(default=12, metadata=_help("Users in the synthetic training split."))
+    synthetic_val_users: int = field(
+        default=16, metadata=_help("Users in the synthetic validation split (round curves, budget calibration).")
+    )
     synthetic_test_users: int = field(default=16, metadata=_help("Users in the synthetic test split."))
-    seed: int = field(default=0, metadata=_help("Data sampling seed."))
+    seed: int = field(
+        default=0,
+        metadata=_help(
+            "Seeds everything seeded: the data, the E-step's samples, LoRA initialisation and data order, and the "
+            "oracle's noisy notes. A --seed other than the config file's runs in <run_dir>-seed<N>."
+        ),
+    )
     retriever: str = field(default="bm25", metadata=_help(f"Profile retriever: {', '.join(RETRIEVERS)}."))
     k: int = field(default=2, metadata=_help("Profile items retrieved."))
     max_tokens: int = field(default=128, metadata=_help("Token budget of each generation (the LMs' default)."))
@@ -79,6 +90,28 @@ class TableConfig:
     train_kwargs: dict[str, Any] = field(
         default_factory=dict, metadata=_help("Fine-tuning settings (see restpg_dspy.finetune.LoRATrainingConfig).")
     )
+    overrides: dict[str, dict[str, Any]] = field(
+        default_factory=dict,
+        metadata=_help(
+            "Per-method settings over the shared ones: {method: {teacher, optimizer, train_kwargs}} (optimizer and "
+            "train_kwargs are merged key by key), e.g. a baseline's own training budget."
+        ),
+    )
+    shared_dir: str | None = field(
+        default=None,
+        metadata=_help(
+            "A folder for compile runs, adapters and the evaluation cache that several configs share: each compile "
+            "run is named by its method and a digest of its settings, so configs that run a method with the same "
+            "settings (one per condition, say) run it once."
+        ),
+    )
+    round_curves: bool = field(
+        default=False,
+        metadata=_help(
+            "After the table, score every stage (SFT, each round) of each compiled method on the validation split "
+            "and on the held-out-wording test examples: rounds.json and rounds.png."
+        ),
+    )
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
@@ -93,6 +126,34 @@ class TableConfig:
 
         for name in ("max_tokens", "reasoning_max_tokens", "response_max_tokens"):
             check_token_budget(name, getattr(self, name))
+        for method, settings in self.overrides.items():
+            check_name("method of overrides", method, METHODS)
+            unknown = sorted(set(settings) - set(_OVERRIDABLE))
+            if unknown:
+                raise UsageError(f"overrides of {method!r}: unknown keys {unknown}; known: {list(_OVERRIDABLE)}")
+        for where, settings in [("optimizer", self.optimizer), ("train_kwargs", self.train_kwargs)] + [
+            (f"overrides of {m!r}", {**o.get("optimizer", {}), **o.get("train_kwargs", {})})
+            for m, o in self.overrides.items()
+        ]:
+            if "seed" in settings:
+                raise UsageError(f"{where}: set the seed at the top level (seed:), which seeds every part of a run")
+
+    def method_settings(self, method: str) -> dict[str, Any]:
+        """The ``teacher``, ``optimizer`` and ``train_kwargs`` that ``method`` compiles with: the shared ones, its
+        overrides merged over them, and the seed.
+
+        Example:
+            >>> config = TableConfig(train_kwargs={"num_train_epochs": 6, "learning_rate": 0.002},
+            ...                      overrides={"sft": {"train_kwargs": {"num_train_epochs": 2}}})
+            >>> config.method_settings("sft")["train_kwargs"]
+            {'num_train_epochs': 2, 'learning_rate': 0.002, 'seed': 0}
+        """
+        own = self.overrides.get(method, {})
+        return {
+            "teacher": own.get("teacher", self.teacher),
+            "optimizer": {**self.optimizer, **own.get("optimizer", {}), "seed": self.seed},
+            "train_kwargs": {**self.train_kwargs, **own.get("train_kwargs", {}), "seed": self.seed},
+        }
 
     @classmethod
     def help(cls, name: str) -> str:
@@ -123,5 +184,11 @@ class TableConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise UsageError(f"{path}: unknown settings {unknown}; known: {sorted(known)}")
+        seed = overrides.get("seed")
+        if seed is not None and seed != data.get("seed", 0) and overrides.get("run_dir") is None:
+            # Another seed never writes into the first seed's runs.
+            for key in ("run_dir", "shared_dir"):
+                if data.get(key) or key == "run_dir":
+                    data[key] = f"{data.get(key) or cls.run_dir}-seed{seed}"
         data.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**data)

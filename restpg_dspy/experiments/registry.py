@@ -141,22 +141,25 @@ def load_task(
     test_limit: int | None,
 ) -> tuple[list[dspy.Example], list[dspy.Example]]:
     """Train and test examples of one task spec (see :data:`TASK_SPECS`)."""
+    train = load_split(spec, "train", seed=seed, synthetic_task=synthetic_task, users=train_users, limit=train_limit)
+    test = load_split(spec, "test", seed=seed, synthetic_task=synthetic_task, users=test_users, limit=test_limit)
+    return train, test
+
+
+def load_split(
+    spec: str, split: str, *, seed: int, synthetic_task: str, users: int | None, limit: int | None
+) -> list[dspy.Example]:
+    """One split (``train``, ``val`` or ``test``) of a task spec: ``users`` sizes a synthetic split, ``limit`` a
+    LongLaMP one."""
     from restpg_dspy.data import load_longlamp, synthetic
 
     if spec == "synthetic":
-        return (
-            synthetic("train", seed=seed, task=synthetic_task, users=train_users),
-            synthetic("test", seed=seed, task=synthetic_task, users=test_users),
-        )
+        return synthetic(split, seed=seed, task=synthetic_task, users=users)
     kind, _, rest = spec.partition(":")
     if kind != "longlamp" or not rest:
         raise UsageError(f"unknown task {spec!r}; use {TASK_SPECS}")
     task, _, path = rest.partition(":")
     if path and "{split}" not in path:
         raise UsageError(f"task {spec!r}: the local path needs a {{split}} placeholder for its train and test files")
-
-    def split(name: str, limit: int | None) -> list[dspy.Example]:
-        files = {"path": path.format(split=name)} if path else {}
-        return load_longlamp(task, name, limit=limit, seed=seed, **files)
-
-    return split("train", train_limit), split("test", test_limit)
+    files = {"path": path.format(split=split)} if path else {}
+    return load_longlamp(task, split, limit=limit, seed=seed, **files)

@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -45,14 +46,23 @@ def resolve_metrics(names: list[str], judge: Any = None) -> list[Any]:
     return [registry.resolve_metric(name, judge) for name in names]
 
 
+def teacher_lm(spec: str | None, config: TableConfig) -> dspy.LM | None:
+    """The teacher a backend string names (``None``: the student), seeded by ``config.seed`` where it draws."""
+    import restpg_dspy
+
+    if not spec:
+        return None
+    seeded = {"seed": config.seed} if spec.split(":")[0] == "oracle" else {}
+    return restpg_dspy.lm(spec, max_tokens=config.max_tokens, **seeded)
+
+
 def config_lms(config: TableConfig) -> tuple[dspy.LM, dspy.LM | None, dspy.LM | None]:
     """The student, teacher and judge LMs of ``config`` (teacher and judge are ``None`` when unset)."""
     import restpg_dspy
 
     student = restpg_dspy.lm(config.student, max_tokens=config.max_tokens)
-    teacher = restpg_dspy.lm(config.teacher, max_tokens=config.max_tokens) if config.teacher else None
     judge = restpg_dspy.lm(config.judge) if config.judge else None
-    return student, teacher, judge
+    return student, teacher_lm(config.teacher, config), judge
 
 
 def report_metrics(config: TableConfig, judge: Any = None) -> list[Any]:
@@ -75,27 +85,43 @@ def build_method(name: str, config: TableConfig, student: dspy.LM) -> tuple[dspy
 
 
 def compile_method(
+    method: str,
     program: dspy.Module,
-    optimizer_class: type,
     config: TableConfig,
     *,
     trainset: list[dspy.Example],
-    teacher: dspy.LM | None,
     judge: Any,
     run_dir: str | Path,
     adapters_dir: str | Path | None = None,
     **settings: Any,
 ) -> dspy.Module:
-    """Compile ``program`` with ``optimizer_class`` as ``config`` says (``settings`` override ``config.optimizer``).
+    """Compile ``program`` as ``method`` with the settings ``config`` gives that method (its overrides and the seed;
+    ``settings`` override its optimizer settings).
 
     ``adapters_dir`` publishes the adapters there instead of in ``run_dir``: methods that share one folder train a
     training they have in common once (SFT with reasoning and REST-PG's SFT stage, say).
     """
+    own = config.method_settings(method)
     reward = registry.resolve_metric(config.reward, judge)
-    train_kwargs = {**({"output_dir": str(adapters_dir)} if adapters_dir else {}), **config.train_kwargs}
-    options = {"num_threads": config.num_threads, "train_kwargs": train_kwargs, **config.optimizer, **settings}
-    optimizer = optimizer_class(reward, run_dir=str(run_dir), **options)
-    return optimizer.compile(program, trainset=trainset, teacher=teacher)
+    train_kwargs = {**({"output_dir": str(adapters_dir)} if adapters_dir else {}), **own["train_kwargs"]}
+    options = {"num_threads": config.num_threads, **own["optimizer"], "train_kwargs": train_kwargs, **settings}
+    optimizer = registry.METHODS[method].optimizer(reward, run_dir=str(run_dir), **options)
+    return optimizer.compile(program, trainset=trainset, teacher=teacher_lm(own["teacher"], config))
+
+
+def compile_dir(config: TableConfig, slug: str, method: str) -> Path:
+    """Where ``method``'s compile run lives: ``<run_dir>/<task>/<method>``, or with a ``shared_dir``, a folder
+    there named by the method and a digest of everything its compile depends on."""
+    if not config.shared_dir:
+        return Path(config.run_dir) / slug / method
+    own = config.method_settings(method)
+    if not registry.METHODS[method].reasons:
+        own["teacher"] = None  # methods without a reasoning step never ask the teacher
+    fields = ("student", "tasks", "synthetic_task", "synthetic_train_users", "seed", "retriever", "k", "max_tokens")
+    budgets = ("reasoning_max_tokens", "response_max_tokens", "reward", "train_limit")
+    key = {name: getattr(config, name) for name in (*fields, *budgets)}
+    digest = hashlib.sha256(json.dumps({"method": method, **key, **own}, sort_keys=True).encode()).hexdigest()
+    return Path(config.shared_dir) / slug / f"{method}-{digest[:10]}"
 
 
 def wording_subsets(testset: list[dspy.Example]) -> dict[str, set[str] | None]:
@@ -124,6 +150,42 @@ def comparison_units(testset: list[dspy.Example]) -> dict[str, Any]:
     return {"users": "user_id", **({"wordings": wordings} if wordings else {})}
 
 
+def write_round_curves(
+    config: TableConfig,
+    task: str,
+    testset: list[dspy.Example],
+    compiled: dict[str, dspy.Module],
+    metrics: list[Any],
+    cache_dir: Path,
+    out: Path,
+) -> None:
+    """Score every stage of the compiled methods on the validation split and the held-out-wording test examples;
+    write ``rounds.json``, ``rounds.md`` and ``rounds.png`` (the first reported metric) in ``out``."""
+    from restpg_dspy.evals.metrics import metric_name
+    from restpg_dspy.experiments.rounds import curve_table, plot_rounds, round_curves
+
+    valset = registry.load_split(
+        task,
+        "val",
+        seed=config.seed,
+        synthetic_task=config.synthetic_task,
+        users=config.synthetic_val_users,
+        limit=config.test_limit,
+    )
+    sets = {"val": valset}
+    held_out = [e for e in testset if e.get("wording") == "held_out"]
+    if held_out:
+        sets["test held_out"] = held_out
+    curves = round_curves(compiled, sets, metrics, cache_dir=cache_dir, num_threads=config.num_threads)
+    if not curves:
+        return
+    primary = metric_name(metrics[0])
+    (out / "rounds.json").write_text(json.dumps(curves, indent=2))
+    (out / "rounds.md").write_text(curve_table(curves, primary) + "\n")
+    plot_rounds(curves, primary, out / "rounds.png")
+    print(curve_table(curves, primary), flush=True)
+
+
 def run_table(config: TableConfig) -> dict[str, dict[str, Any]]:
     """Compile and evaluate every method on every task; write ``results.json``, ``table.md`` and plots.
 
@@ -138,8 +200,9 @@ def run_table(config: TableConfig) -> dict[str, dict[str, Any]]:
     root = Path(config.run_dir)
     root.mkdir(parents=True, exist_ok=True)
     (root / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
-    student, teacher, judge = config_lms(config)
+    student, _, judge = config_lms(config)
     metrics = report_metrics(config, judge)
+    shared = Path(config.shared_dir) if config.shared_dir else root
     metric_names = [metric_name(m) for m in metrics]
     results: dict[str, dict[str, Any]] = {}
     differences: dict[str, list[dict[str, Any]]] = {}
@@ -147,21 +210,26 @@ def run_table(config: TableConfig) -> dict[str, dict[str, Any]]:
         trainset, testset = load_task(task, config)
         slug = task.split(":")[0] if task == "synthetic" else task.split(":")[1]
         rows: dict[str, list[dict[str, Any]]] = {}
+        compiled: dict[str, dspy.Module] = {}
+        runs: dict[str, str] = {}  # method -> its compile run directory
         for method in config.methods:
             program, optimizer = build_method(method, config, student)
             if optimizer is not None:
-                run_dir = root / slug / method
+                run_dir = compile_dir(config, slug, method)
                 program = compile_method(
+                    method,
                     program,
-                    optimizer,
                     config,
                     trainset=trainset,
-                    teacher=teacher,
                     judge=judge,
                     run_dir=run_dir,
-                    adapters_dir=root / slug / "adapters",
+                    adapters_dir=shared / slug / "adapters",
                 )
-            result = evaluate(program, testset, metrics, cache_dir=root / "cache", num_threads=config.num_threads)
+                compiled[method] = program
+                runs[method] = str(run_dir)
+                (root / slug).mkdir(parents=True, exist_ok=True)
+                (root / slug / "compile_runs.json").write_text(json.dumps(runs, indent=2))
+            result = evaluate(program, testset, metrics, cache_dir=shared / "cache", num_threads=config.num_threads)
             (root / slug).mkdir(parents=True, exist_ok=True)
             result.to_jsonl(root / slug / f"{method}.predictions.jsonl")
             summary = result.summary()
@@ -170,6 +238,8 @@ def run_table(config: TableConfig) -> dict[str, dict[str, Any]]:
             scores = "  ".join(f"{name}={stats['mean']:.4f}" for name, stats in summary.items())
             print(f"[{slug}] {method}: {scores}", flush=True)
             (root / "results.json").write_text(json.dumps(results, indent=2))
+        if config.round_curves and compiled:
+            write_round_curves(config, task, testset, compiled, metrics, shared / "cache", root / slug)
         differences[slug] = paired_differences(
             rows, registry.compared_pairs(rows), metric_names, wording_subsets(testset), comparison_units(testset)
         )

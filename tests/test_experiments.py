@@ -1,0 +1,119 @@
+"""Experiment configs: per-method overrides, seeds, shared compile runs, round curves and budget calibration."""
+
+import json
+
+import pytest
+
+from restpg_dspy import finetune
+from restpg_dspy.experiments import TableConfig, run_table
+from restpg_dspy.experiments.calibration import calibrate, choose_best_on_val, choose_room
+from restpg_dspy.experiments.table import compile_dir, teacher_lm
+
+
+@pytest.fixture
+def count_trainings(monkeypatch):
+    trainings = []
+    fit = finetune.fit
+    monkeypatch.setattr(finetune, "fit", lambda job, tokenizer=None: trainings.append(job) or fit(job, tokenizer))
+    return trainings
+
+
+def tiny(tmp_path, tiny_model_dir, **settings):
+    base = {
+        "run_dir": str(tmp_path / "table"),
+        "student": f"local:{tiny_model_dir}",
+        "synthetic_task": "implicit_choice_v2",
+        "synthetic_train_users": 2,
+        "synthetic_val_users": 1,
+        "synthetic_test_users": 4,
+        "k": 4,
+        "max_tokens": 6,
+        "metrics": ["option_accuracy", "rouge_l"],
+        "optimizer": {"rounds": 1, "samples_per_input": 2, "verbose": False},
+        "train_kwargs": {"max_steps": 1},
+    }
+    return TableConfig(**{**base, **settings})
+
+
+def test_a_seed_reseeds_every_part_and_runs_in_folders_of_its_own(tmp_path):
+    path = tmp_path / "experiment.yaml"
+    path.write_text("run_dir: runs/x\nshared_dir: runs/x-shared\nteacher: 'oracle:0.3'\nseed: 0\n")
+    first = TableConfig.from_file(path, seed=0)
+    assert (first.run_dir, first.shared_dir) == ("runs/x", "runs/x-shared")
+    second = TableConfig.from_file(path, seed=3)
+    assert (second.run_dir, second.shared_dir) == ("runs/x-seed3", "runs/x-shared-seed3")
+    assert TableConfig.from_file(path, seed=3, run_dir="elsewhere").run_dir == "elsewhere"
+    settings = second.method_settings("rest-pg")
+    assert settings["optimizer"]["seed"] == settings["train_kwargs"]["seed"] == 3
+    assert teacher_lm(second.teacher, second).engine.seed == 3
+    assert teacher_lm(first.teacher, first).engine.seed == 0
+    assert teacher_lm(None, second) is None
+    with pytest.raises(ValueError, match="set the seed at the top level"):
+        TableConfig(optimizer={"seed": 1})
+
+
+def test_overrides_merge_over_the_shared_settings_and_are_checked():
+    config = TableConfig(
+        teacher="oracle",
+        optimizer={"rounds": 3, "samples_per_input": 4},
+        train_kwargs={"num_train_epochs": 2, "learning_rate": 0.002},
+        overrides={"rest-pg": {"teacher": "oracle:0.3", "optimizer": {"sft_fraction": 0.25}}},
+    )
+    own = config.method_settings("rest-pg")
+    assert own["teacher"] == "oracle:0.3"
+    assert own["optimizer"] == {"rounds": 3, "samples_per_input": 4, "sft_fraction": 0.25, "seed": 0}
+    assert config.method_settings("sft")["teacher"] == "oracle"
+    with pytest.raises(ValueError, match="unknown method of overrides 'magic'"):
+        TableConfig(overrides={"magic": {}})
+    with pytest.raises(ValueError, match=r"overrides of 'sft': unknown keys \['epochs'\]"):
+        TableConfig(overrides={"sft": {"epochs": 3}})
+
+
+def test_configs_sharing_a_folder_run_a_method_with_the_same_settings_once(tmp_path, tiny_model_dir, count_trainings):
+    shared = str(tmp_path / "shared")
+    noisy = tiny(tmp_path, tiny_model_dir, run_dir=str(tmp_path / "noisy"), shared_dir=shared, teacher="oracle:0.3")
+    exact = tiny(tmp_path, tiny_model_dir, run_dir=str(tmp_path / "exact"), shared_dir=shared, teacher="oracle")
+    # Plain SFT never asks the teacher: one run for both; SFT with reasoning learns from each teacher's notes.
+    assert compile_dir(noisy, "synthetic", "rest-em") == compile_dir(exact, "synthetic", "rest-em")
+    assert compile_dir(noisy, "synthetic", "sft-reasoning") != compile_dir(exact, "synthetic", "sft-reasoning")
+    for config in (noisy, exact):
+        config.methods = ["rest-em", "sft-reasoning"]
+        config.round_curves = True
+        run_table(config)
+    # rest-em: SFT stage + 1 round; sft-reasoning: one training per teacher.
+    assert len(count_trainings) == 4
+    runs = json.loads((tmp_path / "exact" / "synthetic" / "compile_runs.json").read_text())
+    assert runs["rest-em"] == str(compile_dir(exact, "synthetic", "rest-em"))
+    curves = json.loads((tmp_path / "exact" / "synthetic" / "rounds.json").read_text())
+    assert list(curves["rest-em"]) == ["sft", "round_1"] and list(curves["sft-reasoning"]) == ["sft"]
+    scores = curves["rest-em"]["round_1"]
+    assert scores["val"]["option_accuracy"]["n"] == 3 and scores["test held_out"]["option_accuracy"]["n"] == 9
+    assert (tmp_path / "exact" / "synthetic" / "rounds.png").stat().st_size > 0
+
+
+def test_calibration_records_every_trial_and_never_trains_one_twice(tmp_path, tiny_model_dir, count_trainings):
+    config = tiny(tmp_path, tiny_model_dir, shared_dir=str(tmp_path / "shared"))
+    record = tmp_path / "calibration.json"
+    entry = calibrate(config, "sft", "best_on_val", [1, 2, 4], record)
+    trials = entry["trials"]
+    assert entry["chosen"] == choose_best_on_val({float(k): t["val"] for k, t in trials.items()})
+    assert {k: t["val"] for k, t in trials.items()} == {
+        k: t["option_accuracy"]["mean"] for k, t in ((k, t["val_summary"]) for k, t in trials.items())
+    }
+    trained = len(count_trainings)
+    assert trained == len(trials) >= 2
+    room = calibrate(config, "rest-em", "room", [2], record, max_val=1.01, min_spread=0.0)
+    assert room["chosen"] == 2 and set(room["trials"]["2"]["explore"]) >= {"option_spread_rate", "reward_spread_rate"}
+    assert calibrate(config, "sft", "best_on_val", [1, 2, 4], record)["trials"] == trials
+    assert len(count_trainings) == trained  # rest-em's SFT stage at 2 epochs is sft's trial at 2: reused
+    saved = json.loads(record.read_text())
+    assert set(saved) == {"sft", "rest-em"} and saved["sft"]["best_on_val"]["chosen"] == entry["chosen"]
+
+
+def test_choice_rules_follow_their_definitions():
+    assert choose_best_on_val({1: 0.5, 2: 0.5}) == 1  # ties go to the smaller budget
+    assert choose_best_on_val({1: 0.2, 2: 0.6, 4: 0.4}) == 2
+    room = {4: (0.95, None), 2: (0.85, 0.10), 1: (0.40, 0.20)}
+    assert choose_room(room, max_val=0.9, min_spread=0.25) == 1  # none reaches the spread: the largest spread
+    assert choose_room({4: (0.95, None), 2: (0.92, None)}, max_val=0.9, min_spread=0.25) == 2  # nothing explored
+    assert choose_room({4: (0.8, 0.3), 2: (0.5, 0.9)}, max_val=0.9, min_spread=0.25) == 4
