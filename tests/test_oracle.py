@@ -1,5 +1,6 @@
 """The oracle teacher of the implicit_choice task: notes from the generator's traits, never invented."""
 
+import json
 from collections import Counter
 
 import dspy
@@ -102,3 +103,32 @@ def test_backend_string_and_saved_program_keep_the_oracle():
     teacher = restpg_dspy.lm("oracle:0.25")
     state = teacher.dump_state()
     assert dspy.LM.load_state(state, allow_custom_lm_class=True).engine.noise == 0.25
+
+
+@pytest.mark.slow
+def test_restpg_with_the_oracle_teacher_trains_the_embedded_model_on_notes_citing_the_posts_it_was_shown(tmp_path):
+    import re
+
+    from restpg_dspy.optimizers import RESTPG
+
+    trainset = synthetic("train", seed=0, users=2, requests_per_user=2, task="implicit_choice_v2")
+    program = PersonalizedWriter(retriever=BM25(k=4), reasoning_max_tokens=48, response_max_tokens=48)
+    program.set_lm(restpg_dspy.lm("local"))
+    optimizer = RESTPG(
+        rounds=1,
+        samples_per_input=1,
+        run_dir=str(tmp_path / "run"),
+        train_kwargs={"max_steps": 1, "output_dir": str(tmp_path / "adapters")},
+        verbose=False,
+    )
+    compiled = optimizer.compile(program, trainset=trainset, teacher=oracle_teacher())
+    assert [entry["stage"] for entry in compiled.restpg_history] == ["sft", "round_1"]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "sft" / "rows.jsonl").read_text().splitlines()]
+    reasoning_rows = [row for row in rows if "Write the reasoning" in row["messages"][-2]["content"]]
+    assert len(reasoning_rows) == len(trainset)
+    for example, row in zip(trainset, reasoning_rows, strict=True):
+        shown, notes = row["messages"][-2]["content"], row["messages"][-1]["content"]
+        cited = int(re.match(r"- Post \[(\d)\] shows that", notes).group(1))
+        # The cited number is the number of the evidence post in the prompt the student was trained on.
+        post = re.search(rf"\[{cited}\] Post: (.*)", shown).group(1)
+        assert example.evidence in post and notes.endswith(f"The option that fits: {example.answer}.")
