@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The calibration of the selection experiment, in the pre-registered order (train and val splits only). Each step
+# records its trials in configs/selection/calibration.json and skips what is recorded there, so this resumes anywhere:
+#   nohup configs/selection/calibrate.sh > runs/selection/calibrate.log 2>&1 &
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export LITELLM_LOCAL_MODEL_COST_MAP=True HF_HUB_OFFLINE=1
+record=configs/selection/calibration.json
+calibrate() { .venv/bin/restpg calibrate --record "$record" "$@"; }
+# REST-PG's SFT stage: the largest budget with room (val option accuracy < 0.9, round-1 option spread >= 0.25).
+calibrate --config configs/selection/noisy.yaml --method rest-pg --rule room --epochs 4,2,1
+calibrate --config configs/selection/budget.yaml --method rest-pg --rule room --epochs 8,4,2
+calibrate --config configs/selection/noisy.yaml --method rest-em --rule room --epochs 4,2,1
+# The baselines' own best budgets on validation.
+calibrate --config configs/selection/noisy.yaml --method sft --rule best_on_val --epochs 1,2,4,8
+calibrate --config configs/selection/noisy.yaml --method sft-reasoning --rule best_on_val --epochs 1,2,4,8
+calibrate --config configs/selection/budget.yaml --method sft-reasoning --rule best_on_val --epochs 2,4,8,16
