@@ -36,6 +36,16 @@ def markdown_table(results: dict[str, dict[str, Summary]], metrics: list[str]) -
     return "\n".join(lines)
 
 
+def interval_errors(stats: list[dict[str, Any]]) -> tuple[Any, Any]:
+    """Means and ``(below, above)`` error-bar lengths of summary entries, for matplotlib's ``yerr``."""
+    import numpy as np
+
+    means = np.array([s.get("mean", np.nan) for s in stats], dtype=float)
+    below = [m - s.get("ci_low", m) for m, s in zip(means, stats, strict=True)]
+    above = [s.get("ci_high", m) - m for m, s in zip(means, stats, strict=True)]
+    return means, np.array([below, above], dtype=float)
+
+
 def plot_scores(results: dict[str, dict[str, Summary]], metric: str, path: str | Path) -> Path:
     """Bar chart of ``metric`` per method (one group per task) with 95% intervals, saved as PNG."""
     import matplotlib
@@ -50,14 +60,7 @@ def plot_scores(results: dict[str, dict[str, Summary]], metric: str, path: str |
     figure, axis = plt.subplots(figsize=(max(5, 1.6 * len(tasks) * len(methods) / 2 + 3), 4))
     for offset, method in enumerate(methods):
         stats = [results[method].get(task, {}).get(metric, {}) for task in tasks]
-        means = np.array([s.get("mean", np.nan) for s in stats], dtype=float)
-        errors = np.array(
-            [
-                [m - s.get("ci_low", m) for m, s in zip(means, stats, strict=True)],
-                [s.get("ci_high", m) - m for m, s in zip(means, stats, strict=True)],
-            ],
-            dtype=float,
-        )
+        means, errors = interval_errors(stats)
         axis.bar(np.arange(len(tasks)) + offset * width, means, width, yerr=errors, capsize=3, label=method)
     axis.set_xticks(np.arange(len(tasks)) + width * (len(methods) - 1) / 2, tasks)
     axis.set_ylabel(f"{metric} (95% bootstrap interval)")

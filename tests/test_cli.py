@@ -45,8 +45,14 @@ def test_compile_then_evaluate_the_saved_program(tiny_config, tmp_path, capsys):
     assert (run / "program.json").exists() and (run / "round_1" / "samples.jsonl").exists()
     assert main(["evaluate", "--program", str(run / "program.json"), *args]) == 0
     out = capsys.readouterr().out
-    assert "rouge_l" in out and (run / "evaluation.jsonl").exists()
-    assert main(["report", str(run)]) == 0 and (run / "rewards.png").exists()
+    rows = [json.loads(line) for line in (run / "evaluation.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and all(row["id"] and isinstance(row["rouge_l"], float) for row in rows)  # 2 users x 3
+    # The printed mean is the mean of the per-example scores written beside it, and the program is the compiled one.
+    mean = sum(row["rouge_l"] for row in rows) / len(rows)
+    assert f"rouge_l                  {mean:.4f} [" in out and "n=6 errors=0" in out
+    saved = json.loads((run / "program.json").read_text())
+    assert "+lora-" in json.dumps(saved)
+    assert main(["report", str(run)]) == 0 and (run / "rewards.png").stat().st_size > 0
 
 
 def test_table_command_prints_the_table(tiny_config, tmp_path, capsys):
@@ -54,7 +60,13 @@ def test_table_command_prints_the_table(tiny_config, tmp_path, capsys):
     assert (
         main(["table", "--config", str(tiny_config), "--run-dir", str(run), "--methods", "no-personalization,rag"]) == 0
     )
-    assert "| no-personalization |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    results = json.loads((run / "results.json").read_text())
+    for method in ("no-personalization", "rag"):
+        stats = results[method]["synthetic"]["rouge_l"]
+        assert stats["n"] == 6 and stats["ci_low"] <= stats["mean"] <= stats["ci_high"]
+        row = f"| {method} | {stats['mean']:.4f} [{stats['ci_low']:.4f}, {stats['ci_high']:.4f}] |"
+        assert row in out and row in (run / "table.md").read_text()
     assert main(["report", str(run)]) == 0
 
 

@@ -64,11 +64,19 @@ def run_writer(smol, examples):
     from restpg_dspy.retrieval import BM25
 
     writer = PersonalizedWriter(retriever=BM25(k=2))
-    with dspy.context(lm=smol.copy(max_tokens=64)):
+    lm = smol.copy(max_tokens=64, cache=False)
+    with dspy.context(lm=lm):
         predictions = writer.batch(examples, num_threads=len(examples), disable_progress_bar=True)
-    for prediction in predictions:
-        assert prediction.reasoning.strip() and prediction.response.strip()
-        assert len(prediction.retrieved) == 2
+    prompts = [call["messages"][-1]["content"] for call in lm.history]
+    completions = [call["outputs"][0] for call in lm.history]
+    assert len(lm.history) == 2 * len(examples)  # a reasoning call and a writing call per example
+    for example, prediction in zip(examples, predictions, strict=True):
+        assert prediction.retrieved == BM25(k=2)(example.request, example.profile)
+        notes, response = prediction.reasoning.strip(), prediction.response.strip()
+        assert notes and response
+        # The writing step saw this example's request and its own notes, and its completion is the response.
+        written = [i for i, p in enumerate(prompts) if notes in p and example.request in p]
+        assert len(written) == 1 and completions[written[0]].strip() == response
     assert writer.formatter.stats["items_shown"] == 2 * len(examples)  # k items per example, shared by both steps
 
 

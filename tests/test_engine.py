@@ -1,4 +1,3 @@
-import contextlib
 import logging
 import shutil
 import threading
@@ -69,12 +68,19 @@ def test_seed_makes_sampling_repeatable_without_cache(tiny_lm):
 
 
 def test_predict_runs_through_the_engine(tiny_lm):
-    with dspy.context(lm=tiny_lm, adapter=dspy.ChatAdapter()):
-        history = len(tiny_lm.history)
-        # A random tiny model cannot follow the format; the call itself must still reach the engine.
-        with contextlib.suppress(Exception):
-            dspy.Predict("question -> answer")(question="Why?")
-        assert len(tiny_lm.history) > history
+    lm = tiny_lm.copy(cache=False)
+    # A random tiny model cannot follow the format: DSPy tries its ChatAdapter, then its JSON fallback, and refuses
+    # the engine's completion of the last try, which it quotes.
+    with (
+        dspy.context(lm=lm, adapter=dspy.ChatAdapter()),
+        pytest.raises(dspy.utils.exceptions.AdapterParseError) as refused,
+    ):
+        dspy.Predict("question -> answer")(question="Why?")
+    chat, json_fallback = lm.history
+    assert chat["messages"][-1]["content"].startswith("[[ ## question ## ]]\nWhy?")
+    assert "Respond with a JSON object" in json_fallback["messages"][-1]["content"]
+    completion = json_fallback["outputs"][0]
+    assert completion.strip() and completion.strip() in str(refused.value)
 
 
 def test_prompt_longer_than_context_is_refused(tiny_lm):

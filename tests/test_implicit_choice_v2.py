@@ -38,6 +38,12 @@ def test_version_1_data_is_unchanged():
     assert digest == "1adb8e5aa82c7e0095ccd996a0e5d1762536e48a4acd66628a044da1d986706a"
 
 
+def test_version_2_data_is_fixed():
+    data = [[e.toDict() for e in synthetic(split, seed=0, task="implicit_choice_v2")] for split in SPLITS]
+    digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+    assert digest == "1f39cf8b975050e00fa08897e61fe340e29ae543c4662ab5264fdc76cfe545d2"
+
+
 def test_same_seed_gives_identical_data_and_other_seeds_differ():
     first = [e.toDict() for e in synthetic("test", seed=5, task="implicit_choice_v2")]
     assert first == [e.toDict() for e in synthetic("test", seed=5, task="implicit_choice_v2")]

@@ -1,5 +1,6 @@
 """The README's Python examples run as written (on the real embedded model)."""
 
+import ast
 import re
 
 import dspy
@@ -17,18 +18,34 @@ def readme_block(heading: str) -> str:
 
 
 def test_write_your_own_program_example_runs(capsys):
+    namespace = {"__name__": "readme"}
     try:
-        exec(compile(readme_block("### Write your own program"), "README.md", "exec"), {"__name__": "readme"})
+        exec(compile(readme_block("### Write your own program"), "README.md", "exec"), namespace)
+        reason, write = dspy.settings.lm.history[-2:]
     finally:
         dspy.configure(lm=None)  # the example configures DSPy globally
-    assert capsys.readouterr().out.strip()
+    printed = capsys.readouterr().out.strip()
+    example = namespace["example"]
+    # It reasoned over the whole profile, then wrote from its notes, and printed what the second step wrote.
+    assert all(f"[{n}] Post:" in reason["messages"][-1]["content"] for n in range(1, len(example.profile) + 1))
+    notes = reason["outputs"][0].strip()
+    assert notes and notes in write["messages"][-1]["content"]
+    assert printed and printed in write["outputs"][0]
 
 
 def test_python_api_example_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # the example writes runs/readme/ in the working folder
     exec(compile(readme_block("## The Python API"), "README.md", "exec"), {"__name__": "readme"})
-    assert "'mean'" in capsys.readouterr().out
-    assert (tmp_path / "runs/readme/program.json").exists() and (tmp_path / "runs/readme/round_1/kept.jsonl").exists()
+    out = capsys.readouterr().out
+    summary = ast.literal_eval(re.search(r"^\{'mean'.*$", out, flags=re.MULTILINE).group(0))
+    paired = ast.literal_eval(re.search(r"^\{'mean_difference'.*$", out, flags=re.MULTILINE).group(0))
+    # Two test users with one request each: both scored, no error, the mean inside its interval.
+    assert summary["n"] == 2 and summary["errors"] == 0 and 0 <= summary["ci_low"] <= summary["mean"] <= 1
+    assert paired["n_pairs"] == 2 and paired["ci_low"] <= paired["mean_difference"] <= paired["ci_high"]
+    saved = (tmp_path / "runs/readme/program.json").read_text()
+    assert "+lora-" in saved  # the saved program serves the adapter the compile trained
+    kept = (tmp_path / "runs/readme/round_1/kept.jsonl").read_text().splitlines()
+    assert len(kept) == 2  # one kept trace per training input
 
 
 def test_offline_table_config_matches_the_demo():
@@ -77,3 +94,23 @@ def test_each_ordering_variant_differs_from_the_experiment_in_one_optimizer_sett
             assert getattr(variant, name) == getattr(experiment, name), name
     assert variant.optimizer.pop(lever) == value
     assert variant.optimizer == experiment.optimizer and variant.methods == ["rest-pg"]
+
+
+def test_selection_conditions_differ_only_in_their_teacher_and_the_notes_budget():
+    from restpg_dspy.experiments import TableConfig
+
+    noisy = TableConfig.from_file(REPO / "configs/selection/noisy.yaml")
+    budget = TableConfig.from_file(REPO / "configs/selection/budget.yaml")
+    assert (noisy.teacher, budget.teacher) == ("oracle:0.3", "oracle")
+    assert noisy.shared_dir == budget.shared_dir and noisy.run_dir != budget.run_dir
+    for name in TableConfig.__dataclass_fields__:
+        if name not in ("run_dir", "teacher", "overrides"):
+            assert getattr(noisy, name) == getattr(budget, name), name
+    for method in ("sft", "rest-em"):  # they read no notes: one run, shared by both conditions
+        assert noisy.method_settings(method)["optimizer"] == budget.method_settings(method)["optimizer"]
+        assert noisy.method_settings(method)["train_kwargs"] == budget.method_settings(method)["train_kwargs"]
+    for method in ("sft-reasoning", "rest-pg"):
+        assert budget.method_settings(method)["optimizer"]["sft_fraction"] == 0.25
+        assert "sft_fraction" not in noisy.method_settings(method)["optimizer"]
+    assert noisy.synthetic_task == "implicit_choice_v2" and noisy.optimizer["rounds"] == 3
+    assert noisy.synthetic_train_users >= 48 and noisy.round_curves

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import dspy
 
@@ -200,33 +201,42 @@ def implicit_choice(
     examples = []
     for user in _users(seed, split, SPLIT_USERS[split] if users is None else users):
         rng = random.Random(f"restpg-implicit-choice-examples:{seed}:{user.user_id}")
-        bodies = [FACTS[user.fact]["evidence"][user.wording], *rng.sample(DISTRACTORS, k=3)]
-        rng.shuffle(bodies)
-        profile = [
-            {"date": f"2024-{1 + day:02d}-{7 + day * 5:02d}", "text": post(user, b)} for day, b in enumerate(bodies)
-        ]
+        profile = user_profile(user, FACTS[user.fact]["evidence"][user.wording], rng)
         for number, family in enumerate(rng.sample(sorted(FAMILIES), k=requests_per_user)):
             others = rng.sample([fact for fact in sorted(FACTS) if fact != user.fact], k=OPTIONS_PER_REQUEST - 1)
             facts = [user.fact, *others]
             rng.shuffle(facts)
-            options = [FAMILIES[family]["options"][fact] for fact in facts]
-            examples.append(
-                dspy.Example(
-                    id=f"{user.user_id}-{number}",
-                    user_id=user.user_id,
-                    request=request_text(family, options),
-                    profile=profile,
-                    output=expected_output(user, family),
-                    options=options,
-                    answer=FAMILIES[family]["options"][user.fact],
-                    aspect=FACTS[user.fact]["aspect"],
-                    fact=user.fact,
-                    wording="seen" if user.wording < SEEN_WORDINGS else "held_out",
-                    family=family,
-                    traits=asdict(user),
-                ).with_inputs("request", "profile")
-            )
+            wording = "seen" if user.wording < SEEN_WORDINGS else "held_out"
+            examples.append(choice_example(user, number, family, facts, profile, wording=wording))
     return examples
+
+
+def user_profile(user: ChoiceUser, evidence: str, rng: random.Random) -> list[dict[str, str]]:
+    """The user's four dated posts: the ``evidence`` post and three distractors, in an order drawn from ``rng``."""
+    bodies = [evidence, *rng.sample(DISTRACTORS, k=3)]
+    rng.shuffle(bodies)
+    return [{"date": f"2024-{1 + day:02d}-{7 + day * 5:02d}", "text": post(user, b)} for day, b in enumerate(bodies)]
+
+
+def choice_example(
+    user: ChoiceUser, number: int, family: str, facts: list[str], profile: list[dict], **fields: Any
+) -> dspy.Example:
+    """The user's ``number``-th request, of ``family``, offering the options that serve ``facts`` in that order."""
+    options = [FAMILIES[family]["options"][fact] for fact in facts]
+    return dspy.Example(
+        id=f"{user.user_id}-{number}",
+        user_id=user.user_id,
+        request=request_text(family, options),
+        profile=profile,
+        output=expected_output(user, family),
+        options=options,
+        answer=FAMILIES[family]["options"][user.fact],
+        aspect=FACTS[user.fact]["aspect"],
+        fact=user.fact,
+        **fields,
+        family=family,
+        traits=asdict(user),
+    ).with_inputs("request", "profile")
 
 
 POLICIES = ("template", "style", "lexical", "all_options", "right_option", "oracle")

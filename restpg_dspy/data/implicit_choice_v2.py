@@ -31,20 +31,11 @@ Example:
 from __future__ import annotations
 
 import random
-from dataclasses import asdict
 
 import dspy
 
 from restpg_dspy.data import implicit_choice as v1
-from restpg_dspy.data.implicit_choice import (
-    DISTRACTORS,
-    FAMILIES,
-    OPTIONS_PER_REQUEST,
-    ChoiceUser,
-    expected_output,
-    post,
-    request_text,
-)
+from restpg_dspy.data.implicit_choice import FAMILIES, OPTIONS_PER_REQUEST, ChoiceUser, choice_example, user_profile
 from restpg_dspy.data.personas import Style, split_names
 from restpg_dspy.errors import UsageError
 
@@ -154,35 +145,15 @@ def implicit_choice_v2(
     for number_of_user, user in enumerate(_users(seed, split, SPLIT_USERS[split] if users is None else users)):
         rng = random.Random(f"restpg-implicit-choice-v2-examples:{seed}:{user.user_id}")
         evidence = FACTS[user.fact]["evidence"][user.wording]
-        bodies = [evidence, *rng.sample(DISTRACTORS, k=3)]
-        rng.shuffle(bodies)
-        profile = [
-            {"date": f"2024-{1 + day:02d}-{7 + day * 5:02d}", "text": post(user, b)} for day, b in enumerate(bodies)
-        ]
+        profile = user_profile(user, evidence, rng)
         start = rng.randrange(len(families))
+        wording = "seen" if user.wording < SEEN_WORDINGS else "held_out"
         for number in range(requests_per_user):
-            family = families[(start + number) % len(families)]
             others = [fact for fact in sorted(FACTS) if fact != user.fact]
             rng.shuffle(others)
             # The right option's position turns with the request, so positions are balanced by construction.
             position = (number_of_user + number) % OPTIONS_PER_REQUEST
             facts = [*others[:position], user.fact, *others[position:]]
-            options = [FAMILIES[family]["options"][fact] for fact in facts]
-            examples.append(
-                dspy.Example(
-                    id=f"{user.user_id}-{number}",
-                    user_id=user.user_id,
-                    request=request_text(family, options),
-                    profile=profile,
-                    output=expected_output(user, family),
-                    options=options,
-                    answer=FAMILIES[family]["options"][user.fact],
-                    aspect=FACTS[user.fact]["aspect"],
-                    fact=user.fact,
-                    wording="seen" if user.wording < SEEN_WORDINGS else "held_out",
-                    evidence=evidence,
-                    family=family,
-                    traits=asdict(user),
-                ).with_inputs("request", "profile")
-            )
+            family = families[(start + number) % len(families)]
+            examples.append(choice_example(user, number, family, facts, profile, wording=wording, evidence=evidence))
     return examples

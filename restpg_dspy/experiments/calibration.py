@@ -72,7 +72,14 @@ def calibrate(
     """
     from restpg_dspy.evals import evaluate
     from restpg_dspy.evals.metrics import metric_name
-    from restpg_dspy.experiments.table import build_method, compile_method, config_lms, load_task, report_metrics
+    from restpg_dspy.experiments.table import (
+        build_method,
+        compile_method,
+        config_lms,
+        load_task,
+        load_val,
+        report_metrics,
+    )
     from restpg_dspy.optimizers import RESTPG
 
     registry.check_name("rule", rule, RULES)
@@ -87,14 +94,7 @@ def calibrate(
     task = config.tasks[0]
     slug = task if task == "synthetic" else task.split(":")[1]
     trainset, _ = load_task(task, config)
-    valset = registry.load_split(
-        task,
-        "val",
-        seed=config.seed,
-        synthetic_task=config.synthetic_task,
-        users=config.synthetic_val_users,
-        limit=config.test_limit,
-    )
+    valset = load_val(task, config)
     metrics = report_metrics(config, judge)
     primary = metric_name(metrics[0])
     shared = Path(config.shared_dir or config.run_dir)

@@ -18,7 +18,7 @@ from typing import Any
 
 import dspy
 
-from restpg_dspy.evals.report import format_interval
+from restpg_dspy.evals.report import format_interval, interval_errors
 from restpg_dspy.optimizers.restpg import stage_lm
 from restpg_dspy.optimizers.traces import predictor_lms, with_lms, without_lms
 
@@ -88,12 +88,7 @@ def plot_rounds(curves: Curves, metric: str, path: str | Path) -> Path:
         names = list(stages)
         sets = list(dict.fromkeys(s for scores in stages.values() for s in scores))
         for style, example_set in zip(("-o", "--s", ":^", "-.d"), sets, strict=False):
-            stats = [stages[stage].get(example_set, {}).get(metric, {}) for stage in names]
-            means = [s.get("mean", float("nan")) for s in stats]
-            errors = [
-                [m - s.get("ci_low", m) for m, s in zip(means, stats, strict=True)],
-                [s.get("ci_high", m) - m for m, s in zip(means, stats, strict=True)],
-            ]
+            means, errors = interval_errors([stages[stage].get(example_set, {}).get(metric, {}) for stage in names])
             axis.errorbar(names, means, yerr=errors, fmt=style, capsize=3, label=f"{method}, {example_set}")
     axis.set_xlabel("stage")
     axis.set_ylabel(f"{metric} (95% bootstrap interval)")

@@ -41,6 +41,18 @@ def load_task(spec: str, config: TableConfig) -> tuple[list[dspy.Example], list[
     )
 
 
+def load_val(spec: str, config: TableConfig) -> list[dspy.Example]:
+    """The validation split of one task spec, sized as ``config`` says."""
+    return registry.load_split(
+        spec,
+        "val",
+        seed=config.seed,
+        synthetic_task=config.synthetic_task,
+        users=config.synthetic_val_users,
+        limit=config.test_limit,
+    )
+
+
 def resolve_metrics(names: list[str], judge: Any = None) -> list[Any]:
     """Metric functions by name (see :func:`~restpg_dspy.experiments.registry.resolve_metric`)."""
     return [registry.resolve_metric(name, judge) for name in names]
@@ -164,15 +176,7 @@ def write_round_curves(
     from restpg_dspy.evals.metrics import metric_name
     from restpg_dspy.experiments.rounds import curve_table, plot_rounds, round_curves
 
-    valset = registry.load_split(
-        task,
-        "val",
-        seed=config.seed,
-        synthetic_task=config.synthetic_task,
-        users=config.synthetic_val_users,
-        limit=config.test_limit,
-    )
-    sets = {"val": valset}
+    sets = {"val": load_val(task, config)}
     held_out = [e for e in testset if e.get("wording") == "held_out"]
     if held_out:
         sets["test held_out"] = held_out
