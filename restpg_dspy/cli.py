@@ -76,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(table)
     table.add_argument("--methods", help=f"comma-separated: {','.join(METHODS)}")
     table.add_argument("--metrics", help=f"comma-separated: {','.join(METRIC_NAMES)}")
+    table.add_argument(
+        "--only",
+        help="comma-separated methods to compile and evaluate now; the table also shows the config's other methods "
+        "whose predictions an earlier run with the same settings left in the run directory",
+    )
 
     compile_ = commands.add_parser("compile", help="compile one method and save the program")
     _add_common(compile_)
@@ -325,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
             from restpg_dspy.experiments import run_table
 
             config = _config(args)
-            run_table(config)
+            run_table(config, only=args.only.split(",") if args.only else None)
             print(Path(config.run_dir, "table.md").read_text())
             print(Path(config.run_dir, "paired.md").read_text())
         elif args.command == "compile":

@@ -79,7 +79,13 @@ def test_configs_sharing_a_folder_run_a_method_with_the_same_settings_once(tmp_p
     for config in (noisy, exact):
         config.methods = ["rest-em", "sft-reasoning"]
         config.round_curves = True
-        run_table(config)
+    run_table(noisy)
+    # A long experiment runs a few methods at a time: the table shows what earlier runs of the same settings left.
+    assert set(run_table(exact, only=["rest-em"])) == {"rest-em"}
+    results = run_table(exact, only=["sft-reasoning"])
+    assert set(results) == {"rest-em", "sft-reasoning"}
+    rest_em = json.loads((tmp_path / "noisy" / "results.json").read_text())["rest-em"]
+    assert results["rest-em"] == rest_em  # the same shared run, read back from its predictions
     # rest-em: SFT stage + 1 round; sft-reasoning: one training per teacher.
     assert len(count_trainings) == 4
     runs = json.loads((tmp_path / "exact" / "synthetic" / "compile_runs.json").read_text())
@@ -89,6 +95,13 @@ def test_configs_sharing_a_folder_run_a_method_with_the_same_settings_once(tmp_p
     scores = curves["rest-em"]["round_1"]
     assert scores["val"]["option_accuracy"]["n"] == 3 and scores["test held_out"]["option_accuracy"]["n"] == 9
     assert (tmp_path / "exact" / "synthetic" / "rounds.png").stat().st_size > 0
+    history = json.loads((tmp_path / "exact" / "synthetic" / "rest-em.history.json").read_text())
+    assert [entry["stage"] for entry in history] == ["sft", "round_1"] and "option_spread_rate" in history[1]
+    # Other settings make another run: predictions of the old settings are not shown as the new method's.
+    exact.optimizer = {**exact.optimizer, "samples_per_input": 3}
+    assert set(run_table(exact, only=["sft-reasoning"])) == {"sft-reasoning"}
+    with pytest.raises(ValueError, match=r"only=\['rag'\]: not among the config's methods"):
+        run_table(exact, only=["rag"])
 
 
 def test_calibration_records_every_trial_and_never_trains_one_twice(tmp_path, tiny_model_dir, count_trainings):

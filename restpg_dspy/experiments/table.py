@@ -24,6 +24,7 @@ from typing import Any
 
 import dspy
 
+from restpg_dspy.errors import UsageError
 from restpg_dspy.experiments import registry
 from restpg_dspy.experiments.config import TableConfig
 
@@ -183,6 +184,9 @@ def write_round_curves(
     curves = round_curves(compiled, sets, metrics, cache_dir=cache_dir, num_threads=config.num_threads)
     if not curves:
         return
+    if (out / "rounds.json").exists():  # methods run by an earlier invocation keep their curves
+        curves = {**json.loads((out / "rounds.json").read_text()), **curves}
+        curves = {method: curves[method] for method in config.methods if method in curves}
     primary = metric_name(metrics[0])
     (out / "rounds.json").write_text(json.dumps(curves, indent=2))
     (out / "rounds.md").write_text(curve_table(curves, primary) + "\n")
@@ -190,17 +194,27 @@ def write_round_curves(
     print(curve_table(curves, primary), flush=True)
 
 
-def run_table(config: TableConfig) -> dict[str, dict[str, Any]]:
+def run_table(config: TableConfig, only: list[str] | None = None) -> dict[str, dict[str, Any]]:
     """Compile and evaluate every method on every task; write ``results.json``, ``table.md`` and plots.
+
+    Args:
+        config: The experiment.
+        only: Compile and evaluate only these of ``config.methods`` now; the table still shows every other method
+            whose predictions an earlier run of the same settings left in ``run_dir`` (a long experiment is run a
+            few methods at a time, and its small result files are all it needs to compare them).
 
     Returns:
         ``results[method][task]`` = the evaluation summary (per metric: mean, interval, n, errors).
     """
     from restpg_dspy.evals import evaluate
+    from restpg_dspy.evals.evaluate import EvaluationResult
     from restpg_dspy.evals.metrics import metric_name
-    from restpg_dspy.evals.paired import differences_table, paired_differences
+    from restpg_dspy.evals.paired import differences_table, paired_differences, read_rows
     from restpg_dspy.evals.report import markdown_table, plot_scores
 
+    unknown = sorted(set(only or ()) - set(config.methods))
+    if unknown:
+        raise UsageError(f"only={unknown}: not among the config's methods {config.methods}")
     root = Path(config.run_dir)
     root.mkdir(parents=True, exist_ok=True)
     (root / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
@@ -213,12 +227,25 @@ def run_table(config: TableConfig) -> dict[str, dict[str, Any]]:
     for task in config.tasks:
         trainset, testset = load_task(task, config)
         slug = task.split(":")[0] if task == "synthetic" else task.split(":")[1]
+        out = root / slug
+        out.mkdir(parents=True, exist_ok=True)
         rows: dict[str, list[dict[str, Any]]] = {}
         compiled: dict[str, dspy.Module] = {}
-        runs: dict[str, str] = {}  # method -> its compile run directory
+        runs_file = out / "compile_runs.json"
+        runs: dict[str, str] = json.loads(runs_file.read_text()) if runs_file.exists() else {}
         for method in config.methods:
-            program, optimizer = build_method(method, config, student)
-            if optimizer is not None:
+            predictions = out / f"{method}.predictions.jsonl"
+            compiles = registry.METHODS[method].optimizer is not None
+            if only is not None and method not in only:
+                # Shown from an earlier run's predictions, if that run had this method's settings.
+                current = not compiles or runs.get(method) == str(compile_dir(config, slug, method))
+                if predictions.exists() and current:
+                    result = EvaluationResult("", read_rows(predictions), metric_names)
+                    rows[method] = result.rows
+                    results.setdefault(method, {})[slug] = result.summary()
+                continue
+            program, _ = build_method(method, config, student)
+            if compiles:
                 run_dir = compile_dir(config, slug, method)
                 program = compile_method(
                     method,
@@ -231,11 +258,10 @@ def run_table(config: TableConfig) -> dict[str, dict[str, Any]]:
                 )
                 compiled[method] = program
                 runs[method] = str(run_dir)
-                (root / slug).mkdir(parents=True, exist_ok=True)
-                (root / slug / "compile_runs.json").write_text(json.dumps(runs, indent=2))
+                runs_file.write_text(json.dumps(runs, indent=2))
+                (out / f"{method}.history.json").write_text(json.dumps(program.restpg_history, indent=2))
             result = evaluate(program, testset, metrics, cache_dir=shared / "cache", num_threads=config.num_threads)
-            (root / slug).mkdir(parents=True, exist_ok=True)
-            result.to_jsonl(root / slug / f"{method}.predictions.jsonl")
+            result.to_jsonl(predictions)
             summary = result.summary()
             rows[method] = result.rows
             results.setdefault(method, {})[slug] = summary
@@ -243,10 +269,11 @@ def run_table(config: TableConfig) -> dict[str, dict[str, Any]]:
             print(f"[{slug}] {method}: {scores}", flush=True)
             (root / "results.json").write_text(json.dumps(results, indent=2))
         if config.round_curves and compiled:
-            write_round_curves(config, task, testset, compiled, metrics, shared / "cache", root / slug)
+            write_round_curves(config, task, testset, compiled, metrics, shared / "cache", out)
         differences[slug] = paired_differences(
             rows, registry.compared_pairs(rows), metric_names, wording_subsets(testset), comparison_units(testset)
         )
+    (root / "results.json").write_text(json.dumps(results, indent=2))
     (root / "paired.json").write_text(json.dumps(differences, indent=2))
     (root / "paired.md").write_text(
         "".join(f"## {slug}\n\n{differences_table(entries)}\n\n" for slug, entries in differences.items() if entries)
