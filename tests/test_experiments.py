@@ -119,8 +119,14 @@ def test_calibration_records_every_trial_and_never_trains_one_twice(tmp_path, ti
     assert room["chosen"] == 2 and set(room["trials"]["2"]["explore"]) >= {"option_spread_rate", "reward_spread_rate"}
     assert calibrate(config, "sft", "best_on_val", [1, 2, 4], record)["trials"] == trials
     assert len(count_trainings) == trained  # rest-em's SFT stage at 2 epochs is sft's trial at 2: reused
-    saved = json.loads(record.read_text())
+    saved = json.loads(record.read_text())[config.run_dir]
     assert set(saved) == {"sft", "rest-em"} and saved["sft"]["best_on_val"]["chosen"] == entry["chosen"]
+    # Another condition of the same experiment keeps its own trials in the same file.
+    other = tiny(tmp_path, tiny_model_dir, shared_dir=str(tmp_path / "shared"), run_dir=str(tmp_path / "other"))
+    other.train_kwargs = {"max_steps": 2}
+    calibrate(other, "sft", "best_on_val", [1], record)
+    assert set(json.loads(record.read_text())) == {config.run_dir, other.run_dir}
+    assert len(count_trainings) == trained + 1
 
 
 def test_choice_rules_follow_their_definitions():

@@ -11,8 +11,9 @@ Rules (the budget is the number of training epochs; every other setting is the c
   does, the budget whose E-step spread most.
 
 Each budget's training is the one the table later runs (same rows, settings and adapters folder, so it is reused),
-and every result is recorded in a small JSON file: a budget recorded there is never trained or scored again, so the
-file can be committed beside the config and the calibration resumed on another machine.
+and every result is recorded in a small JSON file, under the config's ``run_dir``, the method and the rule: a budget
+recorded there is never trained or scored again, so the file can be committed beside the config and the calibration
+resumed on another machine.
 
 Example:
     >>> choose_best_on_val({1: 0.40, 2: 0.55, 4: 0.55})
@@ -74,6 +75,7 @@ def calibrate(
     from restpg_dspy.evals.metrics import metric_name
     from restpg_dspy.experiments.table import (
         build_method,
+        compile_dir,
         compile_method,
         config_lms,
         load_task,
@@ -89,7 +91,8 @@ def calibrate(
         raise UsageError("calibrate needs at least one budget (epochs)")
     record = Path(record)
     results = json.loads(record.read_text()) if record.exists() else {}
-    entry = results.setdefault(method, {}).setdefault(rule, {"trials": {}})
+    # One record file serves every config of an experiment: each config's trials are kept under its run_dir.
+    entry = results.setdefault(config.run_dir, {}).setdefault(method, {}).setdefault(rule, {"trials": {}})
     student, _, judge = config_lms(config)
     task = config.tasks[0]
     slug = task if task == "synthetic" else task.split(":")[1]
@@ -114,7 +117,7 @@ def calibrate(
             },
         )
         program, _ = build_method(method, trained, student)
-        run_dir = shared / slug / "calibration" / f"{method}-{rule}-e{key}"
+        run_dir = shared / slug / "calibration" / compile_dir(trained, slug, method).name
         compiled = compile_method(
             method,
             program,
