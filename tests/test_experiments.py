@@ -95,6 +95,9 @@ def test_configs_sharing_a_folder_run_a_method_with_the_same_settings_once(tmp_p
     scores = curves["rest-em"]["round_1"]
     assert scores["val"]["option_accuracy"]["n"] == 3 and scores["test held_out"]["option_accuracy"]["n"] == 9
     assert (tmp_path / "exact" / "synthetic" / "rounds.png").stat().st_size > 0
+    timings = json.loads((tmp_path / "exact" / "synthetic" / "timings.json").read_text())
+    assert set(timings) == {"rest-em", "sft-reasoning", "round_curves"}
+    assert all(t["compile_s"] >= 0 and t["evaluate_s"] >= 0 for m, t in timings.items() if m != "round_curves")
     history = json.loads((tmp_path / "exact" / "synthetic" / "rest-em.history.json").read_text())
     assert [entry["stage"] for entry in history] == ["sft", "round_1"] and "option_spread_rate" in history[1]
     # Other settings make another run: predictions of the old settings are not shown as the new method's.

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -231,6 +232,8 @@ def run_table(config: TableConfig, only: list[str] | None = None) -> dict[str, d
         out.mkdir(parents=True, exist_ok=True)
         rows: dict[str, list[dict[str, Any]]] = {}
         compiled: dict[str, dspy.Module] = {}
+        timings_file = out / "timings.json"
+        timings: dict[str, dict[str, float]] = json.loads(timings_file.read_text()) if timings_file.exists() else {}
         runs_file = out / "compile_runs.json"
         runs: dict[str, str] = json.loads(runs_file.read_text()) if runs_file.exists() else {}
         for method in config.methods:
@@ -245,6 +248,7 @@ def run_table(config: TableConfig, only: list[str] | None = None) -> dict[str, d
                     results.setdefault(method, {})[slug] = result.summary()
                 continue
             program, _ = build_method(method, config, student)
+            started = time.perf_counter()
             if compiles:
                 run_dir = compile_dir(config, slug, method)
                 program = compile_method(
@@ -260,7 +264,14 @@ def run_table(config: TableConfig, only: list[str] | None = None) -> dict[str, d
                 runs[method] = str(run_dir)
                 runs_file.write_text(json.dumps(runs, indent=2))
                 (out / f"{method}.history.json").write_text(json.dumps(program.restpg_history, indent=2))
+            compiled_at = time.perf_counter()
             result = evaluate(program, testset, metrics, cache_dir=shared / "cache", num_threads=config.num_threads)
+            # Wall time of this invocation: a resumed or cached stage costs what it cost now, not what it first cost.
+            timings[method] = {
+                "compile_s": round(compiled_at - started, 1),
+                "evaluate_s": round(time.perf_counter() - compiled_at, 1),
+            }
+            timings_file.write_text(json.dumps(timings, indent=2))
             result.to_jsonl(predictions)
             summary = result.summary()
             rows[method] = result.rows
@@ -269,7 +280,13 @@ def run_table(config: TableConfig, only: list[str] | None = None) -> dict[str, d
             print(f"[{slug}] {method}: {scores}", flush=True)
             (root / "results.json").write_text(json.dumps(results, indent=2))
         if config.round_curves and compiled:
+            started = time.perf_counter()
             write_round_curves(config, task, testset, compiled, metrics, shared / "cache", out)
+            timings["round_curves"] = {
+                "evaluate_s": round(time.perf_counter() - started, 1),
+                "methods": sorted(compiled),
+            }
+            timings_file.write_text(json.dumps(timings, indent=2))
         differences[slug] = paired_differences(
             rows, registry.compared_pairs(rows), metric_names, wording_subsets(testset), comparison_units(testset)
         )
