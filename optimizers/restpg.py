@@ -554,8 +554,15 @@ class RESTPG(Teleprompter):
         run, base = job.run, job.base
         done = run.read_json(f"{stage}/model.json")
         if done is not None:
-            return _restore_lm(base, done)
-        run.write_jsonl(f"{stage}/rows.jsonl", rows)
+            adapter = done.get("adapter")
+            if not adapter or Path(adapter, "adapter_config.json").exists() or serving_engine(base) is None:
+                return _restore_lm(base, done)
+            # The run directory moved to a machine without its adapters: train the stage again on the rows it
+            # recorded. Training is deterministic, so the same rows and settings give the same adapter.
+            self._log(f"{stage}: the adapter {adapter} is missing; training it again from {stage}/rows.jsonl")
+            rows = run.read_jsonl(f"{stage}/rows.jsonl")
+        else:
+            run.write_jsonl(f"{stage}/rows.jsonl", rows)
         kwargs = dict(job.sft_train_kwargs if stage == "sft" else job.train_kwargs)
         if start is not base:
             kwargs["start_from"] = "adapter"
@@ -565,6 +572,15 @@ class RESTPG(Teleprompter):
         if isinstance(tuned, Exception):  # providers that hand the error back instead of raising it
             raise tuned
         log = getattr(job, "log", {}) or {}
+        if done is not None and tuned.model != done["model"]:
+            logger.warning(
+                "%s: training %s again gave %s, not the %s it first gave (nondeterministic training, or other "
+                "weights); the run goes on with the new adapter",
+                run.path,
+                stage,
+                tuned.model,
+                done["model"],
+            )
         run.write_json(f"{stage}/model.json", {"model": tuned.model, "adapter": log.get("adapter"), "training": log})
         return tuned
 

@@ -242,6 +242,27 @@ def test_resume_after_a_crash_mid_round_redoes_nothing_finished(writer, trainset
     assert compiled.restpg_history[-1]["stage"] == "round_1"
 
 
+def test_a_run_directory_without_its_adapters_trains_them_again_from_the_recorded_rows(
+    writer, trainset, tmp_path, monkeypatch
+):
+    import shutil
+
+    from restpg_dspy import finetune
+
+    first = optimizer(tmp_path / "run").compile(writer, trainset=trainset)
+    samples = (tmp_path / "run" / "round_1" / "samples.jsonl").read_text()
+    # A new machine: the run directory's files came along, its adapters did not.
+    shutil.rmtree(tmp_path / "run" / "adapters")
+    trainings = []
+    fit = finetune.fit
+    monkeypatch.setattr(finetune, "fit", lambda job, tokenizer=None: trainings.append(job) or fit(job, tokenizer))
+    resumed = optimizer(tmp_path / "run").compile(writer, trainset=trainset)
+    assert len(trainings) == 2  # the SFT stage and round 1, from their rows.jsonl; nothing sampled again
+    assert [e["model"] for e in resumed.restpg_history] == [e["model"] for e in first.restpg_history]
+    assert (tmp_path / "run" / "round_1" / "samples.jsonl").read_text() == samples
+    assert len(list((tmp_path / "run" / "adapters").glob("*/adapter_config.json"))) == 2
+
+
 def test_a_different_configuration_in_the_same_run_dir_is_refused(writer, trainset, tmp_path):
     optimizer(tmp_path, rounds=0).compile(writer, trainset=trainset)
     with pytest.raises(RunDirConflict, match="samples_per_input"):
