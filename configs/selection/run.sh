@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The selection experiment, after its calibration (calibrate.sh), one method at a time in the pre-registered order.
+# Each step writes its small result files to configs/selection/results/<condition> (commit them); compile runs,
+# adapters and the evaluation cache live in runs/selection/shared and resume after a kill:
+#   nohup configs/selection/run.sh > runs/selection/run.log 2>&1 &
+# On another machine, unpack the compile runs' state first (tar xzf configs/selection/state.tgz): a finished stage
+# whose adapter is missing is trained again from its recorded rows, and nothing recorded is sampled again.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export LITELLM_LOCAL_MODEL_COST_MAP=True HF_HUB_OFFLINE=1
+table() { .venv/bin/restpg table --config "configs/selection/$1.yaml" --only "$2"; }
+table noisy rest-pg
+table budget rest-pg
+# Plain SFT and ReST-EM read no notes: one run each, which the second condition's table reads back.
+table noisy rest-em
+table budget rest-em
+table noisy sft
+table budget sft
+table noisy sft-reasoning
+table budget sft-reasoning
