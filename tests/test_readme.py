@@ -1,6 +1,7 @@
 """The README's Python examples run as written (on the real embedded model)."""
 
 import ast
+import json
 import re
 
 import dspy
@@ -34,6 +35,8 @@ def test_write_your_own_program_example_runs(capsys):
 
 
 def test_python_api_example_runs(tmp_path, monkeypatch, capsys):
+    from restpg_dspy.data import synthetic
+
     monkeypatch.chdir(tmp_path)  # the example writes runs/readme/ in the working folder
     exec(compile(readme_block("## The Python API"), "README.md", "exec"), {"__name__": "readme"})
     out = capsys.readouterr().out
@@ -44,8 +47,10 @@ def test_python_api_example_runs(tmp_path, monkeypatch, capsys):
     assert paired["n_pairs"] == 2 and paired["ci_low"] <= paired["mean_difference"] <= paired["ci_high"]
     saved = (tmp_path / "runs/readme/program.json").read_text()
     assert "+lora-" in saved  # the saved program serves the adapter the compile trained
-    kept = (tmp_path / "runs/readme/round_1/kept.jsonl").read_text().splitlines()
-    assert len(kept) == 2  # one kept trace per training input
+    kept = [json.loads(line) for line in (tmp_path / "runs/readme/round_1/kept.jsonl").read_text().splitlines()]
+    # Both training inputs kept their best distinct traces: at most max_per_input (2) of their 2 samples each.
+    assert {row["id"] for row in kept} == {e.id for e in synthetic("train", seed=0, users=2, requests_per_user=1)}
+    assert all(sum(row["id"] == i for row in kept) <= 2 for i in {row["id"] for row in kept})
 
 
 def test_offline_table_config_matches_the_demo():
