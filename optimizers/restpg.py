@@ -134,6 +134,7 @@ class RESTPG(Teleprompter):
         teacher: dspy.LM | None = None,
         valset: list[dspy.Example] | None = None,
         sampler: dspy.LM | None = None,
+        on_stage: Callable[[dspy.Module, dict[str, Any]], Any] | None = None,
     ) -> dspy.Module:
         """Run the enabled stages and return the student on its best fine-tuned LM.
 
@@ -145,6 +146,8 @@ class RESTPG(Teleprompter):
             sampler: LM whose engine draws the E-step's samples (e.g. a faster engine on the same base weights);
                 each round's adapter, trained by the student's provider, is registered with it and sampled under the
                 id it returns. Default: the student's LM samples.
+            on_stage: Called with each trained stage's program and summary, as soon as the stage is trained (or
+                found finished in the run directory), e.g. to score it while its weights are at hand.
 
         Returns:
             A copy of ``student`` on the chosen LM, with ``restpg_history`` (per-stage summaries) attached.
@@ -156,6 +159,8 @@ class RESTPG(Teleprompter):
         def finish(entry: dict[str, Any], lm: dspy.LM | None) -> None:
             if lm is not None:
                 candidates.append(self._validate(job.program_on(lm), valset, entry, job.run))
+                if on_stage is not None:
+                    on_stage(job.program_on(lm), entry)
             history.append(entry)
             self._summary(entry)
 
@@ -553,36 +558,34 @@ class RESTPG(Teleprompter):
         """The M-step (and SFT): fine-tune ``start`` on ``rows``, or restore the model a finished run trained."""
         run, base = job.run, job.base
         done = run.read_json(f"{stage}/model.json")
-        if done is not None:
-            adapter = done.get("adapter")
-            if not adapter or Path(adapter, "adapter_config.json").exists() or serving_engine(base) is None:
-                return _restore_lm(base, done)
-            # The run directory moved to a machine without its adapters: train the stage again on the rows it
-            # recorded. Training is deterministic, so the same rows and settings give the same adapter.
-            self._log(f"{stage}: the adapter {adapter} is missing; training it again from {stage}/rows.jsonl")
-            rows = run.read_jsonl(f"{stage}/rows.jsonl")
-        else:
+        if done is None:
             run.write_jsonl(f"{stage}/rows.jsonl", rows)
+            tuned, log = self._train(job, stage, start, rows)
+            record = {"model": tuned.model, "adapter": log.get("adapter"), "training": log}
+            run.write_json(f"{stage}/model.json", record)
+            return tuned
+        adapter, engine = done.get("adapter"), serving_engine(base)
+        if adapter and not Path(adapter, "adapter_config.json").exists() and engine is not None:
+            # The run directory moved to a machine without its adapters: the stage is trained again on the rows it
+            # recorded, and only if a request needs its weights (a resumed run whose later stages and evaluations
+            # are recorded trains nothing). Training is deterministic: the same rows and settings, the same adapter.
+            def build() -> str:
+                self._log(f"{stage}: the adapter {adapter} is missing; training it again from {stage}/rows.jsonl")
+                return self._train(job, stage, start, run.read_jsonl(f"{stage}/rows.jsonl"))[1]["adapter"]
+
+            engine.defer_adapter(done["model"], build)
+        return _restore_lm(base, done)
+
+    def _train(self, job: _Job, stage: str, start: dspy.LM, rows: list[dict]) -> tuple[dspy.LM, dict[str, Any]]:
         kwargs = dict(job.sft_train_kwargs if stage == "sft" else job.train_kwargs)
-        if start is not base:
+        if start is not job.base:
             kwargs["start_from"] = "adapter"
         self._log(f"{stage}: fine-tuning {start.model} on {len(rows)} rows")
-        job = start.finetune(train_data=rows, train_data_format="chat", train_kwargs=kwargs)
-        tuned = job.result()
+        training = start.finetune(train_data=rows, train_data_format="chat", train_kwargs=kwargs)
+        tuned = training.result()
         if isinstance(tuned, Exception):  # providers that hand the error back instead of raising it
             raise tuned
-        log = getattr(job, "log", {}) or {}
-        if done is not None and tuned.model != done["model"]:
-            logger.warning(
-                "%s: training %s again gave %s, not the %s it first gave (nondeterministic training, or other "
-                "weights); the run goes on with the new adapter",
-                run.path,
-                stage,
-                tuned.model,
-                done["model"],
-            )
-        run.write_json(f"{stage}/model.json", {"model": tuned.model, "adapter": log.get("adapter"), "training": log})
-        return tuned
+        return tuned, getattr(training, "log", {}) or {}
 
     # --- validation, helpers ------------------------------------------------------------------------------
 
@@ -723,7 +726,7 @@ def stage_lm(base: dspy.LM, run_dir: str | Path, stage: str) -> dspy.LM:
 
 def _restore_lm(base: dspy.LM, done: dict[str, Any]) -> dspy.LM:
     engine = serving_engine(base)
-    if engine is not None and done.get("adapter"):
+    if engine is not None and done.get("adapter") and not engine.is_deferred(done["model"]):
         # The id is the adapter's content hash as computed today (a run written by an older hash stays servable).
         return base.copy(model=engine.register_adapter(done["adapter"]))
     return base.copy(model=done["model"])

@@ -20,6 +20,7 @@ import json
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -109,6 +110,14 @@ class AdapterServing(Protocol):
         """The adapter folder behind ``model_id`` (``None`` for the base weights)."""
         ...
 
+    def defer_adapter(self, model_id: str, build: Callable[[], str | Path]) -> None:
+        """Serve ``model_id`` from the adapter ``build`` saves, made on the first request that needs its weights."""
+        ...
+
+    def is_deferred(self, model_id: str) -> bool:
+        """Whether ``model_id`` waits for the ``build`` given to :meth:`defer_adapter`."""
+        ...
+
     def served_name(self, model_id: str) -> str | None:
         """The name the engine serves ``model_id``'s adapter under (``None`` for the base weights)."""
         ...
@@ -156,6 +165,9 @@ class QueuedEngine:
     def __init__(self, *, default_max_tokens: int):
         self.default_max_tokens = default_max_tokens
         self.adapters: dict[str, Path] = {}
+        self._deferred: dict[str, Callable[[], str | Path]] = {}
+        # Reentrant: building one adapter may need another (a training that starts from an earlier adapter).
+        self._deferred_lock = threading.RLock()
         self._queue: queue.Queue[Job] = queue.Queue()
         self._worker: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -226,6 +238,8 @@ class QueuedEngine:
             return None
         if model_id in self.adapters:
             return self.adapters[model_id]
+        if model_id in self._deferred:
+            return self._build_deferred(model_id)
         base, tag, digest = model_id.partition(ADAPTER_TAG)
         if base == self.base_id and tag:
             for candidate in default_adapter_root().glob(f"*{digest}"):
@@ -237,6 +251,41 @@ class QueuedEngine:
                 "call engine.register_adapter(path)"
             )
         raise UnsupportedModelError(f"model {model_id!r} is not served by this engine (base {self.base_id})")
+
+    def defer_adapter(self, model_id: str, build: Callable[[], str | Path]) -> None:
+        """Serve ``model_id`` from the adapter that ``build()`` saves (returning its folder), made on first use.
+
+        An adapter that costs a training to make again (a run directory moved to a machine without its adapters)
+        is then made only if a request needs its weights: answers served from a cache never call ``build``.
+
+        Raises:
+            UnsupportedModelError: on first use, if ``build`` saved an adapter with other weights than ``model_id``
+                names.
+        """
+        with self._deferred_lock:
+            registered = self.adapters.get(model_id)
+            if registered is None or not registered.is_dir():  # not here, or deleted since it was registered
+                self.adapters.pop(model_id, None)
+                self._deferred[model_id] = build
+
+    def is_deferred(self, model_id: str) -> bool:
+        """Whether ``model_id`` waits for :meth:`defer_adapter`'s ``build`` to make its adapter."""
+        return model_id in self._deferred
+
+    def _build_deferred(self, model_id: str) -> Path:
+        with self._deferred_lock:  # one thread builds; the others wait for its adapter
+            if model_id in self.adapters:
+                return self.adapters[model_id]
+            path = Path(self._deferred[model_id]()).resolve()
+            built = f"{self.base_id}{ADAPTER_TAG}{adapter_hash(path)}"
+            if built != model_id:
+                raise UnsupportedModelError(
+                    f"the adapter made again for {model_id} at {path} has other weights ({built}): the training "
+                    "that made it is not reproducible here, so its recorded results cannot be served from it"
+                )
+            self.register_adapter(path)
+            del self._deferred[model_id]
+            return path
 
     def served_name(self, model_id: str) -> str | None:
         """The name the engine serves ``model_id``'s adapter under (``None`` for the base weights)."""

@@ -1,4 +1,5 @@
 import logging
+import re
 import shutil
 import threading
 import uuid
@@ -125,6 +126,30 @@ def test_a_saved_engine_leaves_out_and_skips_adapters_deleted_since(tiny_engine,
     finally:
         tiny_engine.unload_adapter(gone_id)
         tiny_engine.unload_adapter(kept_id)
+
+
+def test_a_deferred_adapter_is_made_on_the_first_request_that_needs_it(tiny_engine, tiny_lm, tiny_model_dir, tmp_path):
+    import hashlib
+
+    from restpg_dspy.serving import adapter_hash
+
+    made = save_random_adapter(tiny_model_dir, tmp_path / "made", seed=3)
+    model_id = f"{tiny_engine.base_id}+lora-{adapter_hash(made)}"
+    builds = []
+    tiny_engine.defer_adapter(model_id, lambda: builds.append(1) or made)
+    try:
+        assert tiny_engine.is_deferred(model_id) and builds == []  # deferring builds nothing
+        answers = {tiny_lm.copy(model=model_id, temperature=0.0)("hi")[0] for _ in range(2)}
+        assert builds == [1] and not tiny_engine.is_deferred(model_id)  # built once, on first use
+        assert tiny_engine.adapter_path(model_id) == made.resolve() and len(answers) == 1
+        # A build that saves other weights than the id names is refused, naming both.
+        other = save_random_adapter(tiny_model_dir, tmp_path / "other", seed=4)
+        wanted = f"{tiny_engine.base_id}+lora-{hashlib.sha256(b'x').hexdigest()[:12]}"
+        tiny_engine.defer_adapter(wanted, lambda: other)
+        with pytest.raises(Exception, match=f"made again for {re.escape(wanted)}.*other weights"):
+            tiny_engine.adapter_path(wanted)
+    finally:
+        tiny_engine.unload_adapter(model_id)
 
 
 def test_api_backends_pass_through_to_dspy():

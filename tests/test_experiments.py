@@ -107,6 +107,44 @@ def test_configs_sharing_a_folder_run_a_method_with_the_same_settings_once(tmp_p
         run_table(exact, only=["rag"])
 
 
+def test_a_table_moved_without_its_adapters_trains_only_the_stages_it_still_needs(
+    tmp_path, tiny_model_dir, count_trainings, monkeypatch
+):
+    import shutil
+
+    import dspy
+    from dspy.clients.cache import Cache
+
+    from restpg_dspy.optimizers import RESTPG
+
+    def new_machine():  # the run directories and the evaluation cache came along; adapters and DSPy's cache did not
+        shutil.rmtree(tmp_path / "shared" / "synthetic" / "adapters")
+        monkeypatch.setattr(dspy, "cache", Cache(enable_disk_cache=False, enable_memory_cache=True, disk_cache_dir=None))
+
+    config = tiny(tmp_path, tiny_model_dir, shared_dir=str(tmp_path / "shared"), methods=["rest-em"], round_curves=True)
+    train = RESTPG._train
+
+    def killed_before_round_1(self, job, stage, start, rows):
+        if stage == "round_1":
+            raise KeyboardInterrupt  # the session ended after round 1's samples were drawn
+        return train(self, job, stage, start, rows)
+
+    monkeypatch.setattr(RESTPG, "_train", killed_before_round_1)
+    with pytest.raises(KeyboardInterrupt):
+        run_table(config)
+    assert len(count_trainings) == 1
+    monkeypatch.setattr(RESTPG, "_train", train)
+    new_machine()
+    # Round 1's samples are recorded and the SFT stage was scored on the curves' examples as soon as it was trained:
+    # nothing needs the SFT stage's weights again, so only round 1 trains.
+    first = run_table(config)
+    assert len(count_trainings) == 2
+    curves = json.loads((tmp_path / "table" / "synthetic" / "rounds.json").read_text())
+    assert list(curves["rest-em"]) == ["sft", "round_1"]
+    new_machine()
+    assert run_table(config) == first and len(count_trainings) == 2  # everything from the evaluation cache
+
+
 def test_calibration_records_every_trial_and_never_trains_one_twice(tmp_path, tiny_model_dir, count_trainings):
     config = tiny(tmp_path, tiny_model_dir, shared_dir=str(tmp_path / "shared"))
     record = tmp_path / "calibration.json"

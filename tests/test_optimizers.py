@@ -242,25 +242,46 @@ def test_resume_after_a_crash_mid_round_redoes_nothing_finished(writer, trainset
     assert compiled.restpg_history[-1]["stage"] == "round_1"
 
 
-def test_a_run_directory_without_its_adapters_trains_them_again_from_the_recorded_rows(
+def test_a_run_directory_without_its_adapters_trains_again_only_the_stages_a_request_needs(
     writer, trainset, tmp_path, monkeypatch
 ):
     import shutil
 
+    from dspy.clients.cache import Cache
+
     from restpg_dspy import finetune
 
+    def empty_cache():  # a new machine's: nothing answered before
+        monkeypatch.setattr(dspy, "cache", Cache(enable_disk_cache=False, enable_memory_cache=True, disk_cache_dir=None))
+
+    empty_cache()
     first = optimizer(tmp_path / "run").compile(writer, trainset=trainset)
-    samples = (tmp_path / "run" / "round_1" / "samples.jsonl").read_text()
-    # A new machine: the run directory's files came along, its adapters did not.
-    shutil.rmtree(tmp_path / "run" / "adapters")
+    run = tmp_path / "run"
+    samples = (run / "round_1" / "samples.jsonl").read_text()
     trainings = []
     fit = finetune.fit
     monkeypatch.setattr(finetune, "fit", lambda job, tokenizer=None: trainings.append(job) or fit(job, tokenizer))
-    resumed = optimizer(tmp_path / "run").compile(writer, trainset=trainset)
-    assert len(trainings) == 2  # the SFT stage and round 1, from their rows.jsonl; nothing sampled again
+
+    # A new machine: the run directory's files came along, its adapters did not. Every stage is recorded, so the
+    # resumed compile trains nothing; the last stage is trained again, from its rows, when a request needs it.
+    shutil.rmtree(run / "adapters")
+    resumed = optimizer(run).compile(writer, trainset=trainset)
+    assert trainings == []
     assert [e["model"] for e in resumed.restpg_history] == [e["model"] for e in first.restpg_history]
-    assert (tmp_path / "run" / "round_1" / "samples.jsonl").read_text() == samples
-    assert len(list((tmp_path / "run" / "adapters").glob("*/adapter_config.json"))) == 2
+    resumed(**trainset[0].inputs().toDict())  # a request no cache holds
+    assert len(trainings) == 1 and len(list((run / "adapters").glob("*/adapter_config.json"))) == 1
+
+    # Killed after the SFT stage on the old machine: round 1 must be sampled, and no cache holds its samples here,
+    # so the SFT stage is trained again first.
+    empty_cache()
+    shutil.rmtree(run / "adapters")
+    shutil.rmtree(run / "round_1")
+    trainings.clear()
+    again = optimizer(run).compile(writer, trainset=trainset)
+    assert len(trainings) == 2  # the SFT stage (from sft/rows.jsonl), then round 1
+    # The same adapter draws the same samples (in the order the threads finished them).
+    assert sorted((run / "round_1" / "samples.jsonl").read_text().splitlines()) == sorted(samples.splitlines())
+    assert [e["model"] for e in again.restpg_history] == [e["model"] for e in first.restpg_history]
 
 
 def test_a_different_configuration_in_the_same_run_dir_is_refused(writer, trainset, tmp_path):

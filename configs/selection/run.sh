@@ -3,8 +3,9 @@
 # Each step writes its small result files to configs/selection/results/<condition> (commit them); compile runs,
 # adapters and the evaluation cache live in runs/selection/shared and resume after a kill:
 #   nohup configs/selection/run.sh > runs/selection/run.log 2>&1 &
-# On another machine, unpack the compile runs' state first (tar xzf configs/selection/state.tgz): a finished stage
-# whose adapter is missing is trained again from its recorded rows, and nothing recorded is sampled again.
+# On another machine, unpack the compile runs' state and the evaluation cache first (tar xzf configs/selection/
+# state.tgz): nothing recorded is sampled or scored again, and a finished stage whose adapter is missing is trained
+# again from its recorded rows only if something still needs its weights.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export LITELLM_LOCAL_MODEL_COST_MAP=True HF_HUB_OFFLINE=1

@@ -3,7 +3,9 @@
 A compiled program is its last (or best) stage; whether each round helped or hurt shows only when every stage's
 model is scored on the same examples. :func:`round_curves` evaluates each finished stage of each compiled method on
 named example sets (the validation split and the test split's held-out wordings, say), through the evaluation cache,
-and :func:`plot_rounds` draws them in one figure.
+and :func:`plot_rounds` draws them in one figure. :func:`score_stage`, given to ``compile(..., on_stage=...)``,
+scores each stage as soon as it is trained, while its adapter is at hand: a run resumed on another machine then draws
+its curves from the cache without training its earlier stages again.
 
 Example:
     >>> curves = {"rest-pg": {"sft": {"val": {"option_accuracy": {"mean": 0.5, "ci_low": 0.4, "ci_high": 0.6}}}}}
@@ -46,8 +48,6 @@ def round_curves(
     Returns:
         ``curves[method][stage][set]`` = the evaluation summary (per metric: mean, interval, n, errors).
     """
-    from restpg_dspy.evals import evaluate
-
     curves: Curves = {}
     for method, program in compiled.items():
         stages = [e["stage"] for e in getattr(program, "restpg_history", []) if e.get("model") and not e.get("skipped")]
@@ -58,11 +58,31 @@ def round_curves(
         for stage in stages:
             lm = stage_lm(base, program.restpg_run_dir, stage)
             staged = with_lms(template, lambda _, lm=lm: lm)
-            curves.setdefault(method, {})[stage] = {
-                name: evaluate(staged, examples, metrics, cache_dir=cache_dir, num_threads=num_threads).summary()
-                for name, examples in example_sets.items()
-            }
+            curves.setdefault(method, {})[stage] = score_stage(
+                staged, example_sets, metrics, cache_dir=cache_dir, num_threads=num_threads
+            )
     return curves
+
+
+def score_stage(
+    program: dspy.Module,
+    example_sets: dict[str, list[dspy.Example]],
+    metrics: list[Any],
+    *,
+    cache_dir: str | Path,
+    num_threads: int = 16,
+) -> dict[str, dict[str, Any]]:
+    """One stage's point on the curves: ``program`` scored on each named example set, through the evaluation cache.
+
+    Returns:
+        ``scores[set]`` = the evaluation summary (per metric: mean, interval, n, errors).
+    """
+    from restpg_dspy.evals import evaluate
+
+    return {
+        name: evaluate(program, examples, metrics, cache_dir=cache_dir, num_threads=num_threads).summary()
+        for name, examples in example_sets.items()
+    }
 
 
 def curve_table(curves: Curves, metric: str) -> str:

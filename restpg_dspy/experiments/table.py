@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -107,20 +108,22 @@ def compile_method(
     judge: Any,
     run_dir: str | Path,
     adapters_dir: str | Path | None = None,
+    on_stage: Callable[[dspy.Module, dict[str, Any]], Any] | None = None,
     **settings: Any,
 ) -> dspy.Module:
     """Compile ``program`` as ``method`` with the settings ``config`` gives that method (its overrides and the seed;
     ``settings`` override its optimizer settings).
 
     ``adapters_dir`` publishes the adapters there instead of in ``run_dir``: methods that share one folder train a
-    training they have in common once (SFT with reasoning and REST-PG's SFT stage, say).
+    training they have in common once (SFT with reasoning and REST-PG's SFT stage, say). ``on_stage`` is called
+    with each stage's program and summary as soon as it is trained.
     """
     own = config.method_settings(method)
     reward = registry.resolve_metric(config.reward, judge)
     train_kwargs = {**({"output_dir": str(adapters_dir)} if adapters_dir else {}), **own["train_kwargs"]}
     options = {"num_threads": config.num_threads, **own["optimizer"], "train_kwargs": train_kwargs, **settings}
     optimizer = registry.METHODS[method].optimizer(reward, run_dir=str(run_dir), **options)
-    return optimizer.compile(program, trainset=trainset, teacher=teacher_lm(own["teacher"], config))
+    return optimizer.compile(program, trainset=trainset, teacher=teacher_lm(own["teacher"], config), on_stage=on_stage)
 
 
 def compile_dir(config: TableConfig, slug: str, method: str) -> Path:
@@ -164,30 +167,35 @@ def comparison_units(testset: list[dspy.Example]) -> dict[str, Any]:
     return {"users": "user_id", **({"wordings": wordings} if wordings else {})}
 
 
-def write_round_curves(
-    config: TableConfig,
-    task: str,
-    testset: list[dspy.Example],
-    compiled: dict[str, dspy.Module],
-    metrics: list[Any],
-    cache_dir: Path,
-    out: Path,
-) -> None:
-    """Score every stage of the compiled methods on the validation split and the held-out-wording test examples;
-    write ``rounds.json``, ``rounds.md`` and ``rounds.png`` (the first reported metric) in ``out``."""
-    from restpg_dspy.evals.metrics import metric_name
-    from restpg_dspy.experiments.rounds import curve_table, plot_rounds, round_curves
-
+def curve_sets(config: TableConfig, task: str, testset: list[dspy.Example]) -> dict[str, list[dspy.Example]]:
+    """The example sets every stage is scored on: the validation split and the held-out-wording test examples."""
     sets = {"val": load_val(task, config)}
     held_out = [e for e in testset if e.get("wording") == "held_out"]
     if held_out:
         sets["test held_out"] = held_out
-    curves = round_curves(compiled, sets, metrics, cache_dir=cache_dir, num_threads=config.num_threads)
+    return sets
+
+
+def write_round_curves(
+    sets: dict[str, list[dspy.Example]],
+    compiled: dict[str, dspy.Module],
+    metrics: list[Any],
+    cache_dir: Path,
+    out: Path,
+    methods: list[str],
+    num_threads: int = 16,
+) -> None:
+    """Score every stage of the compiled methods on ``sets`` (see :func:`curve_sets`); write ``rounds.json``,
+    ``rounds.md`` and ``rounds.png`` (the first reported metric) in ``out``, in the order of ``methods``."""
+    from restpg_dspy.evals.metrics import metric_name
+    from restpg_dspy.experiments.rounds import curve_table, plot_rounds, round_curves
+
+    curves = round_curves(compiled, sets, metrics, cache_dir=cache_dir, num_threads=num_threads)
     if not curves:
         return
     if (out / "rounds.json").exists():  # methods run by an earlier invocation keep their curves
         curves = {**json.loads((out / "rounds.json").read_text()), **curves}
-        curves = {method: curves[method] for method in config.methods if method in curves}
+        curves = {method: curves[method] for method in methods if method in curves}
     primary = metric_name(metrics[0])
     (out / "rounds.json").write_text(json.dumps(curves, indent=2))
     (out / "rounds.md").write_text(curve_table(curves, primary) + "\n")
@@ -212,6 +220,7 @@ def run_table(config: TableConfig, only: list[str] | None = None) -> dict[str, d
     from restpg_dspy.evals.metrics import metric_name
     from restpg_dspy.evals.paired import differences_table, paired_differences, read_rows
     from restpg_dspy.evals.report import markdown_table, plot_scores
+    from restpg_dspy.experiments.rounds import score_stage
 
     unknown = sorted(set(only or ()) - set(config.methods))
     if unknown:
@@ -236,6 +245,15 @@ def run_table(config: TableConfig, only: list[str] | None = None) -> dict[str, d
         timings: dict[str, dict[str, float]] = json.loads(timings_file.read_text()) if timings_file.exists() else {}
         runs_file = out / "compile_runs.json"
         runs: dict[str, str] = json.loads(runs_file.read_text()) if runs_file.exists() else {}
+        sets = curve_sets(config, task, testset) if config.round_curves else {}
+
+        def score_on_curves(
+            program: dspy.Module, entry: dict[str, Any], sets: dict[str, list[dspy.Example]] = sets
+        ) -> None:
+            # Each stage is scored while its adapter is at hand; the curves written after the compile read the cache.
+            if sets:
+                score_stage(program, sets, metrics, cache_dir=shared / "cache", num_threads=config.num_threads)
+
         for method in config.methods:
             predictions = out / f"{method}.predictions.jsonl"
             compiles = registry.METHODS[method].optimizer is not None
@@ -259,6 +277,7 @@ def run_table(config: TableConfig, only: list[str] | None = None) -> dict[str, d
                     judge=judge,
                     run_dir=run_dir,
                     adapters_dir=shared / slug / "adapters",
+                    on_stage=score_on_curves,
                 )
                 compiled[method] = program
                 runs[method] = str(run_dir)
@@ -281,7 +300,7 @@ def run_table(config: TableConfig, only: list[str] | None = None) -> dict[str, d
             (root / "results.json").write_text(json.dumps(results, indent=2))
         if config.round_curves and compiled:
             started = time.perf_counter()
-            write_round_curves(config, task, testset, compiled, metrics, shared / "cache", out)
+            write_round_curves(sets, compiled, metrics, shared / "cache", out, config.methods, config.num_threads)
             timings["round_curves"] = {
                 "evaluate_s": round(time.perf_counter() - started, 1),
                 "methods": sorted(compiled),
