@@ -60,7 +60,7 @@ from restpg_dspy.optimizers.traces import (
     without_lms,
 )
 from restpg_dspy.programs.signatures import HindsightReasoning
-from restpg_dspy.serving import serving_engine
+from restpg_dspy.serving import serving_engine, split_decoding, with_decoding
 
 logger = logging.getLogger(__name__)
 
@@ -466,7 +466,8 @@ class RESTPG(Teleprompter):
 
         def sampling_lm(lm: dspy.LM) -> dspy.LM:
             adapter = trainer.adapter_path(lm.model)
-            return sampler.copy(model=engine.register_adapter(adapter) if adapter else engine.base_id)
+            served = engine.register_adapter(adapter) if adapter else engine.base_id
+            return sampler.copy(model=with_decoding(served, **split_decoding(sampler.model)[1]))
 
         return sampling_lm
 
@@ -728,7 +729,8 @@ def _restore_lm(base: dspy.LM, done: dict[str, Any]) -> dspy.LM:
     engine = serving_engine(base)
     if engine is not None and done.get("adapter") and not engine.is_deferred(done["model"]):
         # The id is the adapter's content hash as computed today (a run written by an older hash stays servable).
-        return base.copy(model=engine.register_adapter(done["adapter"]))
+        served = engine.register_adapter(done["adapter"])
+        return base.copy(model=with_decoding(served, **split_decoding(base.model)[1]))
     return base.copy(model=done["model"])
 
 

@@ -20,6 +20,7 @@ import dspy
 from restpg_dspy.engine import LocalEngine
 from restpg_dspy.errors import UsageError
 from restpg_dspy.finetune import PEFTProvider
+from restpg_dspy.serving import MODEL_ID_SETTINGS, serving_engine, with_decoding
 
 LOCAL_PREFIX = "local:"
 VLLM_PREFIX = "vllm:"
@@ -69,8 +70,10 @@ def lm(
         max_tokens: Default token budget per completion (long-form tasks such as LongLaMP abstracts may want 512).
         adapter: For backends that serve adapters, the folder of a saved LoRA adapter to serve on the base model.
         **kwargs: The engine's settings (for ``local``: ``dtype``, ``device``, ``max_batch_size``,
-            ``batch_window_ms``, ``default_max_tokens``; for vLLM: see its engine class) and any ``dspy.LM`` keyword
-            (``cache``, ...); for API backends, ``dspy.LM`` keywords.
+            ``batch_window_ms``, ``default_max_tokens``; for vLLM: see its engine class), the repetition controls
+            ``repetition_penalty`` and ``no_repeat_ngram_size`` (see :func:`with_repetition_controls`), and any
+            ``dspy.LM`` keyword (``cache``, ``frequency_penalty``, ``presence_penalty``, ...); for API backends,
+            ``dspy.LM`` keywords.
 
     Returns:
         A ``dspy.LM``. LMs with the same backend, model and engine settings share one engine (one loaded model).
@@ -101,14 +104,41 @@ def lm(
         if adapter is not None:
             raise UsageError(f"adapter= needs a backend that serves adapters ('local...' or 'vllm:...'), not {spec!r}")
         return dspy.LM(spec, temperature=temperature, max_tokens=max_tokens, **kwargs)
+    controls = {name: kwargs.pop(name) for name in MODEL_ID_SETTINGS if name in kwargs}
     return dspy.LM(
-        engine.register_adapter(adapter) if adapter is not None else engine.base_id,
+        with_decoding(engine.register_adapter(adapter) if adapter is not None else engine.base_id, **controls),
         engine=engine,
         temperature=temperature,
         max_tokens=max_tokens,
         **extra,
         **kwargs,
     )
+
+
+def with_repetition_controls(
+    lm: dspy.LM, *, repetition_penalty: float | None = None, no_repeat_ngram_size: int | None = None
+) -> dspy.LM:
+    """A copy of ``lm`` (served by this package's engines) with these repetition controls, the others kept.
+
+    DSPy's request carries ``frequency_penalty`` and ``presence_penalty`` (set them per LM or per call, as any
+    setting); the two controls here travel in the model id instead, so they are part of every cache key.
+
+    Args:
+        lm: An LM from :func:`lm` on ``local``, ``vllm:`` or ``vllm-server:``.
+        repetition_penalty: As in transformers and vLLM (1.0: off).
+        no_repeat_ngram_size: No n-gram of this size twice in a completion (0: off; the local engine only: vLLM
+            has no such setting and refuses it).
+
+    Example:
+        >>> import restpg_dspy
+        >>> student = restpg_dspy.lm("local")  # doctest: +SKIP
+        >>> restpg_dspy.with_repetition_controls(student, repetition_penalty=1.2).model  # doctest: +SKIP
+        'local/SmolLM2-135M-Instruct-02abf71a?repetition_penalty=1.2'
+    """
+    if serving_engine(lm) is None:
+        raise UsageError(f"{lm.model!r} is not served by this package's engines: it has no repetition controls here")
+    settings = {"repetition_penalty": repetition_penalty, "no_repeat_ngram_size": no_repeat_ngram_size}
+    return lm.copy(model=with_decoding(lm.model, **{k: v for k, v in settings.items() if v is not None}))
 
 
 def _engine_settings(engine_class: type, kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -40,7 +40,7 @@ from restpg_dspy.errors import UsageError
 from restpg_dspy.files import write_atomic
 from restpg_dspy.memory import release_memory
 from restpg_dspy.models import accepts_logits_to_keep, load_causal_lm, resolve_dtype
-from restpg_dspy.serving import adapter_hash, default_adapter_root
+from restpg_dspy.serving import adapter_hash, default_adapter_root, split_decoding, with_decoding
 from restpg_dspy.training_data import tokenize_rows
 
 if TYPE_CHECKING:
@@ -254,7 +254,8 @@ class PEFTProvider(Provider):
             adapter_hash(start)  # fails early, naming the missing file
         path, log = train_lora(self.engine, train_data, config, start)
         job.log = log
-        return self.engine.register_adapter(path)
+        # The tuned model decodes as the model it was trained from did (its repetition controls, say).
+        return with_decoding(self.engine.register_adapter(path), **split_decoding(model)[1])
 
 
 def _collate(rows: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:

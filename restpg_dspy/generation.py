@@ -34,6 +34,16 @@ class SamplingParams:
         stop: Strings that end the completion; the text is cut before the first one found.
         seed: Seeds this row's generator; ``None`` draws fresh randomness.
         logprobs: ``None`` for no log-probabilities, otherwise how many top alternatives to report per token.
+        repetition_penalty: As in transformers and vLLM: the logit of every token that occurs in the prompt or the
+            completion so far is divided by it where positive and multiplied by it where negative (1.0: off).
+        frequency_penalty: As in OpenAI's API: subtracted from a token's logit once per occurrence in the
+            completion so far (0.0: off).
+        presence_penalty: As in OpenAI's API: subtracted once from the logit of every token the completion holds.
+        no_repeat_ngram_size: No token n-gram of this size occurs twice in the completion: a token that would
+            complete one already there is never chosen (0: off). Unlike transformers' setting of that name, the
+            prompt's n-grams are not banned, so a completion may still quote its prompt (an option, a title).
+
+    Reported log-probabilities are those of the model's distribution before the repetition controls.
     """
 
     max_tokens: int
@@ -43,6 +53,26 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     logprobs: int | None = None
+    repetition_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    no_repeat_ngram_size: int = 0
+
+    def __post_init__(self):
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be > 0 (1.0 turns it off), not {self.repetition_penalty}")
+        if self.no_repeat_ngram_size < 0:
+            raise ValueError(f"no_repeat_ngram_size must be >= 0 (0 turns it off), not {self.no_repeat_ngram_size}")
+
+    @property
+    def controls_repetition(self) -> bool:
+        """Whether any repetition control is on."""
+        return (
+            self.repetition_penalty != 1.0
+            or bool(self.frequency_penalty)
+            or bool(self.presence_penalty)
+            or self.no_repeat_ngram_size > 0
+        )
 
 
 @dataclass
@@ -71,6 +101,47 @@ class Completion:
     finish_reason: str
     prompt_tokens: int
     scores: list[TokenScore] | None = None
+
+
+def banned_ngram_tokens(tokens: list[int], size: int) -> set[int]:
+    """The tokens that would complete a ``size``-gram already in ``tokens`` (the next token's banned set).
+
+    Example:
+        >>> sorted(banned_ngram_tokens([5, 6, 7, 5, 6], 3))  # 5 6 was followed by 7: 5 6 7 would repeat
+        [7]
+        >>> banned_ngram_tokens([5, 6, 7], 3)
+        set()
+    """
+    if size <= 0 or len(tokens) < size - 1:
+        return set()
+    prefix = tokens[len(tokens) - size + 1 :]
+    return {tokens[i + size - 1] for i in range(len(tokens) - size + 1) if tokens[i : i + size - 1] == prefix}
+
+
+def _control_repetition(
+    logits: torch.Tensor, params: list[SamplingParams], seen: list[set[int]], tokens: list[list[int]]
+) -> torch.Tensor:
+    """``logits`` (one row per entry of ``params``) after each row's repetition controls.
+
+    ``seen[j]`` holds the tokens of row ``j``'s prompt and completion so far, ``tokens[j]`` its completion.
+    """
+    rows = [j for j, p in enumerate(params) if p.controls_repetition]
+    if not rows:
+        return logits
+    logits = logits.clone()
+    for j in rows:
+        p, row = params[j], logits[j]
+        if p.repetition_penalty != 1.0 and seen[j]:
+            ids = torch.tensor(sorted(seen[j]), device=logits.device)
+            values = row[ids]
+            row[ids] = torch.where(values > 0, values / p.repetition_penalty, values * p.repetition_penalty)
+        if (p.frequency_penalty or p.presence_penalty) and tokens[j]:
+            ids, counts = torch.tensor(tokens[j], device=logits.device).unique(return_counts=True)
+            row[ids] -= p.frequency_penalty * counts.to(row.dtype) + p.presence_penalty
+        banned = banned_ngram_tokens(tokens[j], p.no_repeat_ngram_size)
+        if banned:
+            row[torch.tensor(sorted(banned), device=logits.device)] = float("-inf")
+    return logits
 
 
 def _choose_tokens(
@@ -215,11 +286,13 @@ def generate(
     scores: list[list[TokenScore] | None] = [[] if p.logprobs is not None else None for p in params]
     finish = ["length"] * len(prompts)
     active = list(range(len(prompts)))
+    seen = [set(prompt) if p.repetition_penalty != 1.0 else set() for prompt, p in zip(prompts, params, strict=True)]
     while True:
         logits = logits.float()
+        active_params = [params[r] for r in active]
         next_ids = _choose_tokens(
-            logits,
-            [params[r] for r in active],
+            _control_repetition(logits, active_params, [seen[r] for r in active], [tokens[r] for r in active]),
+            active_params,
             [generators[r] for r in active] if generators is not None else None,
             [seeds[r] for r in active],
             [len(tokens[r]) for r in active],
@@ -236,6 +309,8 @@ def generate(
                 finish[row] = "stop"
                 continue
             tokens[row].append(token)
+            if p.repetition_penalty != 1.0:
+                seen[row].add(token)
             if p.stop and _hits_stop(tokenizer, tokens[row], p.stop):
                 finish[row] = "stop"
                 continue

@@ -39,6 +39,7 @@ from dspy.lm15 import (
     response_to_events,
 )
 
+from restpg_dspy.errors import UsageError
 from restpg_dspy.generation import Completion, SamplingParams
 from restpg_dspy.models import home
 
@@ -49,6 +50,55 @@ ADAPTER_TAG = "+lora-"
 
 # PEFT writes these set-valued settings in set order, which changes from process to process.
 _UNORDERED_CONFIG_KEYS = ("target_modules", "exclude_modules", "modules_to_save")
+
+
+# Decoding settings that DSPy's canonical request cannot carry travel in the model id, after this separator
+# (``<weights id>?no_repeat_ngram_size=4&repetition_penalty=1.2``): DSPy's cache and the evaluation cache key on the
+# model id, so one setting's outputs are never served for another's.
+DECODING_SEPARATOR = "?"
+MODEL_ID_SETTINGS: dict[str, tuple[type, Any]] = {"repetition_penalty": (float, 1.0), "no_repeat_ngram_size": (int, 0)}
+
+
+def split_decoding(model_id: str) -> tuple[str, dict[str, Any]]:
+    """Split a model id into the weights it names and the decoding settings it carries.
+
+    Example:
+        >>> split_decoding("local/SmolLM2-1a2b?no_repeat_ngram_size=4&repetition_penalty=1.2")
+        ('local/SmolLM2-1a2b', {'no_repeat_ngram_size': 4, 'repetition_penalty': 1.2})
+
+    Raises:
+        UsageError: a setting this package does not know, or a value of the wrong type.
+    """
+    weights, separator, query = model_id.partition(DECODING_SEPARATOR)
+    settings: dict[str, Any] = {}
+    for item in query.split("&") if separator else ():
+        name, _, value = item.partition("=")
+        if name not in MODEL_ID_SETTINGS:
+            known = sorted(MODEL_ID_SETTINGS)
+            raise UsageError(f"model id {model_id!r}: unknown decoding setting {name!r}; known: {known}")
+        kind = MODEL_ID_SETTINGS[name][0]
+        try:
+            settings[name] = kind(value)
+        except ValueError:
+            raise UsageError(f"model id {model_id!r}: {name} must be {kind.__name__}, not {value!r}") from None
+    return weights, settings
+
+
+def with_decoding(model_id: str, **settings: Any) -> str:
+    """``model_id`` carrying ``settings`` (over those it carries; a default value removes a setting).
+
+    Example:
+        >>> with_decoding("local/SmolLM2-1a2b", repetition_penalty=1.2, no_repeat_ngram_size=0)
+        'local/SmolLM2-1a2b?repetition_penalty=1.2'
+    """
+    weights, current = split_decoding(model_id)
+    merged = {**current, **settings}
+    for name, value in merged.items():
+        if name not in MODEL_ID_SETTINGS:
+            raise UsageError(f"unknown decoding setting {name!r}; known: {sorted(MODEL_ID_SETTINGS)}")
+        SamplingParams(max_tokens=1, **{name: MODEL_ID_SETTINGS[name][0](value)})  # refuses bad values by name
+    kept = {n: MODEL_ID_SETTINGS[n][0](v) for n, v in sorted(merged.items()) if v != MODEL_ID_SETTINGS[n][1]}
+    return weights + (DECODING_SEPARATOR + "&".join(f"{n}={v}" for n, v in kept.items()) if kept else "")
 
 
 def adapter_hash(path: Path) -> str:
@@ -234,6 +284,7 @@ class QueuedEngine:
         Raises:
             UnsupportedModelError: the id names other base weights or an adapter that cannot be found.
         """
+        model_id = split_decoding(model_id)[0]
         if model_id == self.base_id:
             return None
         if model_id in self.adapters:
@@ -262,6 +313,7 @@ class QueuedEngine:
             UnsupportedModelError: on first use, if ``build`` saved an adapter with other weights than ``model_id``
                 names.
         """
+        model_id = split_decoding(model_id)[0]
         with self._deferred_lock:
             registered = self.adapters.get(model_id)
             if registered is None or not registered.is_dir():  # not here, or deleted since it was registered
@@ -270,7 +322,7 @@ class QueuedEngine:
 
     def is_deferred(self, model_id: str) -> bool:
         """Whether ``model_id`` waits for :meth:`defer_adapter`'s ``build`` to make its adapter."""
-        return model_id in self._deferred
+        return split_decoding(model_id)[0] in self._deferred
 
     def _build_deferred(self, model_id: str) -> Path:
         with self._deferred_lock:  # one thread builds; the others wait for its adapter
@@ -289,11 +341,12 @@ class QueuedEngine:
 
     def served_name(self, model_id: str) -> str | None:
         """The name the engine serves ``model_id``'s adapter under (``None`` for the base weights)."""
-        return None if self.adapter_path(model_id) is None else f"lora_{model_id.partition(ADAPTER_TAG)[2]}"
+        weights = split_decoding(model_id)[0]
+        return None if self.adapter_path(weights) is None else f"lora_{weights.partition(ADAPTER_TAG)[2]}"
 
     def unload_adapter(self, model_id: str) -> None:
         """Forget ``model_id``'s adapter; a later request for it loads it again."""
-        self.adapters.pop(model_id, None)
+        self.adapters.pop(split_decoding(model_id)[0], None)
 
     def _load_adapter(self, model_id: str, path: Path) -> None:
         """Hook run when an adapter is registered (or moved); raise to refuse it before any request uses it."""
@@ -338,9 +391,11 @@ class QueuedEngine:
         """Generate one completion for a ``dspy.lm15.Request`` (called by ``dspy.LM``, possibly from many threads)."""
         if request.tools:
             raise UnsupportedFeatureError(f"models served by {type(self).__name__} do not support tool calling")
-        self.adapter_path(request.model)  # refuse unknown ids in the caller's thread
+        weights, decoding = split_decoding(request.model)
+        self.adapter_path(weights)  # refuse unknown ids in the caller's thread
         config = request.config
         params = SamplingParams(
+            **decoding,
             max_tokens=config.max_tokens or self.default_max_tokens,
             temperature=config.temperature or 0.0,
             top_p=config.top_p if config.top_p is not None else 1.0,
@@ -348,6 +403,8 @@ class QueuedEngine:
             stop=tuple(config.stop or ()),
             seed=config.seed,
             logprobs=config.logprobs,
+            frequency_penalty=config.frequency_penalty or 0.0,
+            presence_penalty=config.presence_penalty or 0.0,
         )
         with self._tokenize_lock:  # a fast tokenizer refuses concurrent use ("Already borrowed")
             prompt_ids = self.tokenizer(self._render(request), add_special_tokens=False)["input_ids"]
@@ -356,7 +413,7 @@ class QueuedEngine:
             raise ContextLengthError(
                 f"prompt of {len(prompt_ids)} tokens does not fit the model's context of {self.context_length}"
             )
-        job = Job(request.model, prompt_ids, replace(params, max_tokens=min(params.max_tokens, room)), Future())
+        job = Job(weights, prompt_ids, replace(params, max_tokens=min(params.max_tokens, room)), Future())
         return self._response(request.model, self._decode(job))
 
     def stream(self, request: Any):

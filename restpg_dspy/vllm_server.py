@@ -130,6 +130,7 @@ class VLLMServerEngine(VLLMBackend):
             "seed": params.seed,
             "stop": list(params.stop) or None,
             "logprobs": params.logprobs,
+            **self._repetition_settings(params),
             "return_token_ids": True,
             "return_tokens_as_token_ids": True,
         }

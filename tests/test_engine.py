@@ -192,3 +192,52 @@ def test_the_local_engine_is_an_adapter_serving_engine(tiny_lm, tiny_engine):
     assert tiny_engine.context_length == tiny_engine.loaded.context_length
     assert tiny_engine.tokenizer is tiny_engine.loaded.tokenizer
     assert tiny_engine.adapter_path(tiny_engine.base_id) is None
+
+
+# --- repetition controls ----------------------------------------------------------------------------------------
+
+
+def test_repetition_controls_travel_in_the_model_id_and_change_what_is_generated(tiny_model_dir):
+    from restpg_dspy.serving import split_decoding
+
+    settings = {"batch_window_ms": 50.0, "default_max_tokens": 16, "max_tokens": 120, "cache": False}
+    plain = restpg_dspy.lm(f"local:{tiny_model_dir}", **settings)
+    controlled = restpg_dspy.lm(f"local:{tiny_model_dir}", no_repeat_ngram_size=1, **settings)
+    assert controlled.model == plain.model + "?no_repeat_ngram_size=1"
+    assert split_decoding(controlled.model) == (plain.model, {"no_repeat_ngram_size": 1})
+    prompt = "the the the the the the the the"
+    assert controlled(prompt)[0] != plain(prompt)[0]
+    # Each setting is part of the id, so DSPy's cache never answers one setting with another's output.
+    stronger = restpg_dspy.with_repetition_controls(controlled, repetition_penalty=1.5)
+    assert split_decoding(stronger.model)[1] == {"no_repeat_ngram_size": 1, "repetition_penalty": 1.5}
+    assert restpg_dspy.with_repetition_controls(stronger, no_repeat_ngram_size=0).model == (
+        plain.model + "?repetition_penalty=1.5"
+    )
+    # frequency_penalty and presence_penalty are DSPy's own settings: honoured per call, not ignored.
+    assert plain(prompt, frequency_penalty=2.0)[0] != plain(prompt)[0]
+    assert plain(prompt, presence_penalty=2.0)[0] != plain(prompt)[0]
+
+
+def test_bad_repetition_controls_are_refused_by_name(tiny_lm):
+    with pytest.raises(ValueError, match="no_repeat_ngram_size must be >= 0"):
+        restpg_dspy.with_repetition_controls(tiny_lm, no_repeat_ngram_size=-1)
+    with pytest.raises(ValueError, match="repetition_penalty must be > 0"):
+        restpg_dspy.with_repetition_controls(tiny_lm, repetition_penalty=0)
+    with pytest.raises(Exception, match="unknown decoding setting 'typo'"):
+        tiny_lm.copy(model=tiny_lm.model + "?typo=1")("hi")
+    with pytest.raises(ValueError, match="not served by this package's engines"):
+        restpg_dspy.with_repetition_controls(dspy.LM("openai/gpt-4o-mini"), repetition_penalty=1.2)
+
+
+def test_a_model_trained_with_repetition_controls_keeps_them(tiny_model_dir, tmp_path):
+    from restpg_dspy.serving import split_decoding
+
+    lm = restpg_dspy.lm(f"local:{tiny_model_dir}", repetition_penalty=1.3, max_tokens=8, cache=False)
+    rows = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}] * 2
+    job = lm.finetune(
+        train_data=rows, train_data_format="chat", train_kwargs={"max_steps": 1, "output_dir": str(tmp_path)}
+    )
+    tuned = job.result()
+    weights, controls = split_decoding(tuned.model)
+    assert "+lora-" in weights and controls == {"repetition_penalty": 1.3}
+    assert isinstance(tuned("hi")[0], str)

@@ -119,7 +119,8 @@ def test_a_table_moved_without_its_adapters_trains_only_the_stages_it_still_need
 
     def new_machine():  # the run directories and the evaluation cache came along; adapters and DSPy's cache did not
         shutil.rmtree(tmp_path / "shared" / "synthetic" / "adapters")
-        monkeypatch.setattr(dspy, "cache", Cache(enable_disk_cache=False, enable_memory_cache=True, disk_cache_dir=None))
+        empty = Cache(enable_disk_cache=False, enable_memory_cache=True, disk_cache_dir=None)
+        monkeypatch.setattr(dspy, "cache", empty)
 
     config = tiny(tmp_path, tiny_model_dir, shared_dir=str(tmp_path / "shared"), methods=["rest-em"], round_curves=True)
     train = RESTPG._train

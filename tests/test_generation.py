@@ -159,3 +159,59 @@ def test_top_k_keeps_exactly_k_tokens_whatever_the_ties():
     params = [SamplingParams(max_tokens=1, temperature=1.0, top_k=2, seed=seed) for seed in range(256)]
     picks = _choose_tokens(logits.expand(256, -1), params, None, list(range(256)), [0] * 256)
     assert set(picks) == {2, 7}
+
+
+# --- repetition controls ----------------------------------------------------------------------------------------
+
+
+def repeated_ngrams(tokens, size):
+    grams = [tuple(tokens[i : i + size]) for i in range(len(tokens) - size + 1)]
+    return len(grams) - len(set(grams))
+
+
+def test_no_repeat_ngram_size_leaves_no_ngram_twice_in_the_completion(tiny):
+    loaded, _, _ = tiny
+    prompt = loaded.tokenizer("the the the the the the the the")["input_ids"]
+    for size in (1, 2):
+        loose, controlled = run(
+            tiny,
+            [SamplingParams(max_tokens=200), SamplingParams(max_tokens=200, no_repeat_ngram_size=size)],
+            [prompt] * 2,
+        )
+        assert repeated_ngrams(loose.token_ids, size) > 0  # greedy decoding of the random tiny model repeats itself
+        assert repeated_ngrams(controlled.token_ids, size) == 0 and len(controlled.token_ids) == 200
+
+
+def test_controls_off_by_default_and_each_repeats_less_than_greedy(tiny):
+    (plain,) = run(tiny, [SamplingParams(max_tokens=200)])
+    assert not SamplingParams(max_tokens=1).controls_repetition
+    for setting in ({"repetition_penalty": 2.0}, {"frequency_penalty": 5.0}, {"presence_penalty": 5.0}):
+        (controlled,) = run(tiny, [SamplingParams(max_tokens=200, **setting)])
+        assert SamplingParams(max_tokens=1, **setting).controls_repetition
+        assert repeated_ngrams(controlled.token_ids, 1) < repeated_ngrams(plain.token_ids, 1), setting
+
+
+def test_a_controlled_row_leaves_the_other_rows_of_its_batch_alone(tiny):
+    (alone,) = run(tiny, [SamplingParams(max_tokens=20)])
+    batch = run(tiny, [SamplingParams(max_tokens=20, repetition_penalty=2.0), SamplingParams(max_tokens=20)])
+    assert batch[1].token_ids == alone.token_ids and batch[0].token_ids != alone.token_ids
+
+
+def test_repetition_controls_follow_their_definitions():
+    from restpg_dspy.generation import _control_repetition
+
+    logits = torch.tensor([[2.0, -2.0, 1.0, 0.5]])
+    prompt_and_completion, completion = {0, 1}, [2, 2, 3]
+    penalized = _control_repetition(
+        logits, [SamplingParams(max_tokens=1, repetition_penalty=2.0)], [prompt_and_completion], [completion]
+    )
+    assert penalized.tolist() == [[1.0, -4.0, 1.0, 0.5]]  # only seen tokens; divided if positive, else multiplied
+    counted = _control_repetition(
+        logits, [SamplingParams(max_tokens=1, frequency_penalty=0.5, presence_penalty=0.25)], [set()], [completion]
+    )
+    assert counted.tolist() == [[2.0, -2.0, 1.0 - 2 * 0.5 - 0.25, 0.5 - 0.5 - 0.25]]
+    banned = _control_repetition(logits, [SamplingParams(max_tokens=1, no_repeat_ngram_size=2)], [set()], [[3, 1, 3]])
+    assert banned[0, 1] == float("-inf") and torch.isfinite(banned[0, [0, 2, 3]]).all()
+    assert logits.tolist() == [[2.0, -2.0, 1.0, 0.5]]  # the model's own logits are left as they were
+    with pytest.raises(ValueError, match="repetition_penalty must be > 0"):
+        SamplingParams(max_tokens=1, repetition_penalty=0.0)

@@ -252,7 +252,8 @@ def test_a_run_directory_without_its_adapters_trains_again_only_the_stages_a_req
     from restpg_dspy import finetune
 
     def empty_cache():  # a new machine's: nothing answered before
-        monkeypatch.setattr(dspy, "cache", Cache(enable_disk_cache=False, enable_memory_cache=True, disk_cache_dir=None))
+        empty = Cache(enable_disk_cache=False, enable_memory_cache=True, disk_cache_dir=None)
+        monkeypatch.setattr(dspy, "cache", empty)
 
     empty_cache()
     first = optimizer(tmp_path / "run").compile(writer, trainset=trainset)
