@@ -7,6 +7,7 @@ Example:
 from restpg_dspy.evals.choice import notes_choice, option_accuracy
 from restpg_dspy.evals.evaluate import EvaluationResult, bootstrap_interval, evaluate, program_fingerprint
 from restpg_dspy.evals.judge import JudgeParseError, LLMJudge
+from restpg_dspy.evals.loops import loop_rate, loops
 from restpg_dspy.evals.metrics import WeightedMean, meteor, meteor_without_synonyms, rouge_1, rouge_l
 from restpg_dspy.evals.paired import paired_bootstrap
 
@@ -17,6 +18,8 @@ __all__ = [
     "WeightedMean",
     "bootstrap_interval",
     "evaluate",
+    "loop_rate",
+    "loops",
     "meteor",
     "meteor_without_synonyms",
     "notes_choice",

@@ -36,8 +36,10 @@ from restpg_dspy.concurrency import run_concurrently
 from restpg_dspy.errors import UsageError
 from restpg_dspy.evals.metrics import metric_key, metric_name
 from restpg_dspy.files import write_atomic
+from restpg_dspy.optimizers.traces import predictor_lms, with_lms, without_lms
 
 Metric = Callable[..., float]
+TRUNCATION = "truncation_rate"
 
 
 def program_fingerprint(program: dspy.Module) -> str:
@@ -115,6 +117,10 @@ class EvaluationResult:
                 "error_kinds": dict(Counter(error_kind(e) for e in failures)),
                 "missing_field": sum(1 for r in self.rows if r.get("missing_field")),
             }
+        known = [float(r["truncated"]) for r in self.rows if isinstance(r.get("truncated"), bool)]
+        if known:  # the share of predictions whose generation stopped at its token budget
+            low, high = bootstrap_interval(known)
+            summary[TRUNCATION] = {"mean": float(np.mean(known)), "ci_low": low, "ci_high": high, "n": len(known)}
         return summary
 
     @property
@@ -230,9 +236,23 @@ def evaluate(
         store.set(key, result)
         return result
 
+    try:  # each example runs on copies of the program's LMs, whose histories say how its generations finished
+        lms, template = predictor_lms(program), without_lms(program)
+    except UsageError:  # predictors without an LM: the program brings its own
+        lms, template = None, None
+
     def predict(example: dspy.Example) -> dict[str, Any]:
-        prediction = program(**example.inputs().toDict())
-        return {"fields": {k: v for k, v in prediction.items() if k != "retrieved"}}
+        if lms is None:
+            prediction, truncated = program(**example.inputs().toDict()), None
+        else:
+            copies = {name: lm.copy() for name, lm in lms.items()}
+            prediction = with_lms(template, copies.__getitem__)(**example.inputs().toDict())
+            truncated = any(
+                getattr(entry.get("response"), "finish_reason", None) == "length"
+                for lm in copies.values()
+                for entry in lm.history
+            )
+        return {"fields": {k: v for k, v in prediction.items() if k != "retrieved"}, "truncated": truncated}
 
     def score(metric: Metric, example: dspy.Example, prediction: dspy.Prediction) -> dict[str, Any]:
         value = float(metric(example, prediction))
@@ -249,6 +269,7 @@ def evaluate(
             return row
         fields = outputs["fields"]
         row["response"] = fields.get(output_field)
+        row["truncated"] = outputs.get("truncated")  # None: not known (a cached prediction of an older version)
         if not isinstance(fields.get(output_field), str):
             row["missing_field"] = True
             for name in names:

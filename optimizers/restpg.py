@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 
 from restpg_dspy.concurrency import run_concurrently
 from restpg_dspy.errors import UsageError
+from restpg_dspy.evals.loops import loops
 from restpg_dspy.evals.metrics import metric_identity
 from restpg_dspy.optimizers.config import RESTPGConfig
 from restpg_dspy.optimizers.run_dir import RunDir
@@ -79,6 +80,7 @@ STAGE_FIELDS = (
     "reward_spread_rate",
     "option_spread_rate",
     "truncation_rate",
+    "loop_rate",
     "reasoning_truncation_rate",
     "response_truncation_rate",
     "reasoning_tokens_mean",
@@ -548,6 +550,8 @@ class RESTPG(Teleprompter):
             # spread the rewards; only a different choice lets the selection prefer the right one).
             **({"option_spread_rate": option_spread} if option_spread is not None else {}),
             "truncation_rate": rate(lambda s: s.get("truncated")),
+            # Responses that repeat a clause (restpg_dspy.evals.loops): a high reward is no excuse for a loop.
+            "loop_rate": rate(lambda s: "trace" in s and loops(_final_output(s))),
             "reasoning_truncation_rate": rate(lambda s: "reasoning" in s.get("truncated_steps", ())),
             "response_truncation_rate": rate(lambda s: "response" in s.get("truncated_steps", ())),
             **({"reasoning_tokens_mean": round(statistics.fmean(lengths), 1)} if lengths else {}),
@@ -694,11 +698,17 @@ def _option_spread_rate(samples: list[dict[str, Any]], trainset: list[dspy.Examp
     for sample in samples:
         if sample.get("reward") is None or sample["id"] not in options:
             continue
-        (response,) = sample["trace"][-1]["outputs"].values()
+        response = _final_output(sample)
         choices[sample["id"]].add(tuple(named_options(response, options[sample["id"]])))
     if not choices:
         return None
     return round(sum(1 for named in choices.values() if len(named) > 1) / len(choices), 4)
+
+
+def _final_output(sample: dict[str, Any]) -> str:
+    """A sample's response: the output of its trace's last step."""
+    (response,) = sample["trace"][-1]["outputs"].values()
+    return response
 
 
 def _user(example: dspy.Example) -> str:

@@ -220,10 +220,8 @@ def run_evaluate(args: argparse.Namespace) -> None:
     result.to_jsonl(out / "evaluation.jsonl")
     result.to_csv(out / "evaluation.csv")
     for name, stats in result.summary().items():
-        print(
-            f"{name:24s} {format_interval(stats)}  n={stats['n']} "
-            f"errors={stats['errors']} missing_field={stats['missing_field']}"
-        )
+        failures = f" errors={stats['errors']} missing_field={stats['missing_field']}" if "errors" in stats else ""
+        print(f"{name:24s} {format_interval(stats)}  n={stats['n']}{failures}")
     print(f"per-example results: {out / 'evaluation.jsonl'} ({result.cached_predictions} predictions from the cache)")
 
 

@@ -14,6 +14,8 @@ from restpg_dspy.evals import (
     LLMJudge,
     WeightedMean,
     evaluate,
+    loop_rate,
+    loops,
     meteor,
     meteor_without_synonyms,
     rouge_1,
@@ -64,6 +66,26 @@ def test_meteor_without_wordnet_is_never_reported_as_meteor(monkeypatch):
     with pytest.raises(RuntimeError, match="METEOR needs WordNet"):
         meteor(*pair("a", "a"))
     assert [m.__name__ for m in resolve_metrics(["rouge_l", "meteor"])] == ["rouge_l", "meteor_without_synonyms"]
+
+
+def test_a_text_loops_when_a_word_six_gram_comes_back_a_third_time():
+    clause = "the proposed method improves the accuracy of"
+    assert not loops(f"{clause} x. {clause} y.")  # twice: a repeated phrase, not a loop
+    assert loops(f"{clause} x. {clause} y. {clause}")
+    assert loops("The Proposed method, improves; the proposed METHOD improves. " * 2)  # case and punctuation aside
+    # Four-word terms repeated in technical writing are not loops.
+    term = "grapheme to phoneme conversion"
+    assert not loops(f"{term} is hard. We improve {term} with data. Our {term} model beats {term} baselines.")
+    assert not loops("") and not loops("one two three four five six")
+    assert loop_rate(*pair("ref", f"{clause} x {clause} y {clause}")) == 1.0
+    assert loop_rate(*pair("ref", clause)) == 0.0
+    with pytest.raises(ValueError, match="no string 'response'"):
+        loop_rate(dspy.Example(output="ref"), dspy.Prediction(answer="x"))
+
+
+def test_real_abstracts_rarely_loop(shared_sample):
+    records = [json.loads(line) for line in shared_sample.read_text().splitlines()]
+    assert sum(loops(r["output"]) for r in records) <= 2  # human writing: the definition's false alarms are rare
 
 
 def test_metrics_refuse_a_prediction_without_a_response():
@@ -164,6 +186,19 @@ def rag(tiny_lm):
     program = RAGWriter(retriever=BM25(k=2))
     program.set_lm(tiny_lm.copy(max_tokens=6))
     return program
+
+
+def test_an_evaluation_reports_the_share_of_predictions_cut_off_by_their_budget(rag, tiny_lm, tmp_path):
+    testset = synthetic("test", seed=0, users=3, requests_per_user=1)
+    cut = evaluate(rag, testset, [rouge_l], cache_dir=tmp_path, progress=False)  # 6 tokens: every answer is cut
+    assert [row["truncated"] for row in cut.rows] == [True] * 3 and cut.summary()["truncation_rate"]["mean"] == 1.0
+    cached = evaluate(rag, testset, [rouge_l], cache_dir=tmp_path, progress=False)
+    assert cached.cached_predictions == 3 and cached.summary()["truncation_rate"] == cut.summary()["truncation_rate"]
+    roomy = rag.deepcopy()
+    roomy.set_lm(tiny_lm.copy(max_tokens=50, stop=list("aeiou ")))  # stopped by a stop string before the budget
+    stopped = evaluate(roomy, testset, [rouge_l], cache_dir=tmp_path, progress=False)
+    assert [row["truncated"] for row in stopped.rows] == [False] * 3
+    assert stopped.summary()["truncation_rate"]["mean"] == 0.0
 
 
 def test_second_identical_run_reads_everything_from_disk(rag, tmp_path):

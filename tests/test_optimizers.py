@@ -150,9 +150,8 @@ def test_compile_writes_a_readable_run_and_trains_each_stage(writer, trainset, t
     training = json.loads((tmp_path / "round_2/model.json").read_text())["training"]
     assert training["start_from"] == "base"
     metrics = json.loads((tmp_path / "round_1/metrics.json").read_text())
-    assert {"reward_mean", "reward_median", "reward_p90", "keep_rate", "inputs_without_kept", "truncation_rate"} <= set(
-        metrics
-    )
+    fields = {"reward_mean", "reward_median", "reward_p90", "keep_rate", "inputs_without_kept", "truncation_rate"}
+    assert fields | {"loop_rate"} <= set(metrics) and 0.0 <= metrics["loop_rate"] <= 1.0
     assert 1 < metrics["distinct_per_input"] <= 3
 
 

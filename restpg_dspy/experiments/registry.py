@@ -24,7 +24,7 @@ from typing import Any
 import dspy
 
 from restpg_dspy.errors import UsageError
-from restpg_dspy.evals import meteor, meteor_without_synonyms, option_accuracy, rouge_1, rouge_l
+from restpg_dspy.evals import loop_rate, meteor, meteor_without_synonyms, option_accuracy, rouge_1, rouge_l
 from restpg_dspy.optimizers import RESTPG, SFT, ReSTEM, SFTWithReasoning
 from restpg_dspy.programs import NoPersonalization, PersonalizedWriter, RAGWriter
 from restpg_dspy.retrieval import BM25, Dense, Recency
@@ -62,7 +62,13 @@ PAPER_ORDER = ("rest-pg", "rest-em", "sft", "rag", "no-personalization")
 # Pairs that isolate one part of REST-PG, compared too: what self-training adds to SFT on the teacher's reasoning, and
 # what that reasoning adds to plain SFT.
 ABLATION_PAIRS = (("rest-pg", "sft-reasoning"), ("sft-reasoning", "sft"))
-METRICS = {"rouge_1": rouge_1, "rouge_l": rouge_l, "meteor": meteor, "option_accuracy": option_accuracy}
+METRICS = {
+    "rouge_1": rouge_1,
+    "rouge_l": rouge_l,
+    "meteor": meteor,
+    "option_accuracy": option_accuracy,
+    "loop_rate": loop_rate,
+}
 METRIC_NAMES = (*METRICS, "llm_judge")
 RETRIEVERS = {"bm25": BM25, "dense": Dense, "recency": Recency}
 TASK_SPECS = "'synthetic', 'longlamp:<task>' or 'longlamp:<task>:<path with {split}>'"

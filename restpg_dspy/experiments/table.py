@@ -216,7 +216,7 @@ def run_table(config: TableConfig, only: list[str] | None = None) -> dict[str, d
         ``results[method][task]`` = the evaluation summary (per metric: mean, interval, n, errors).
     """
     from restpg_dspy.evals import evaluate
-    from restpg_dspy.evals.evaluate import EvaluationResult
+    from restpg_dspy.evals.evaluate import TRUNCATION, EvaluationResult
     from restpg_dspy.evals.metrics import metric_name
     from restpg_dspy.evals.paired import differences_table, paired_differences, read_rows
     from restpg_dspy.evals.report import markdown_table, plot_scores
@@ -314,7 +314,9 @@ def run_table(config: TableConfig, only: list[str] | None = None) -> dict[str, d
     (root / "paired.md").write_text(
         "".join(f"## {slug}\n\n{differences_table(entries)}\n\n" for slug, entries in differences.items() if entries)
     )
-    (root / "table.md").write_text(markdown_table(results, metric_names) + "\n")
+    # Beside the metrics, the share of predictions cut off by their token budget (where the predictions say).
+    truncation = [TRUNCATION] if any(TRUNCATION in s for by_task in results.values() for s in by_task.values()) else []
+    (root / "table.md").write_text(markdown_table(results, [*metric_names, *truncation]) + "\n")
     for name in metric_names:
         plot_scores(results, name, root / f"scores_{name}.png")
     return results
