@@ -26,6 +26,7 @@ LOCAL_PREFIX = "local:"
 VLLM_PREFIX = "vllm:"
 VLLM_SERVER_PREFIX = "vllm-server:"
 ORACLE = "oracle"
+EVIDENCE = "evidence"
 # Settings that never change what an LM answers: per-call sampling ids and credentials (never written anywhere).
 _UNSCORED_SETTINGS = ("rollout_id", "api_key", "api_base", "base_url", "headers", "extra_headers")
 
@@ -63,9 +64,10 @@ def lm(
             ``"vllm-server:<url>"`` through a running ``vllm serve`` (pass ``model=`` the folder it serves,
             :class:`~restpg_dspy.vllm_server.VLLMServerEngine`); ``"oracle"`` (or ``"oracle:<noise>"``) is the oracle
             teacher of the ``implicit_choice`` task (:func:`restpg_dspy.data.oracle_teacher`; ``seed=`` picks its
-            noisy notes), standing in for a large teacher LM offline; anything else is passed to ``dspy.LM``
-            (LiteLLM / native providers), e.g. ``"openai/gpt-4o-mini"``. vLLM backends sample but do not train: pass
-            them to REST-PG as ``sampler=``.
+            noisy notes), standing in for a large teacher LM offline; ``"evidence"`` the evidence teacher for any
+            task with a profile (:func:`restpg_dspy.data.evidence_teacher`), another offline stand-in; anything else
+            is passed to ``dspy.LM`` (LiteLLM / native providers), e.g. ``"openai/gpt-4o-mini"``. vLLM backends
+            sample but do not train: pass them to REST-PG as ``sampler=``.
         temperature: Default sampling temperature.
         max_tokens: Default token budget per completion (long-form tasks such as LongLaMP abstracts may want 512).
         adapter: For backends that serve adapters, the folder of a saved LoRA adapter to serve on the base model.
@@ -86,6 +88,10 @@ def lm(
             return oracle_teacher(noise=float(noise) if noise else 0.0, seed=kwargs.get("seed", 0))
         except ValueError as err:
             raise UsageError(f"backend {spec!r}: 'oracle:<noise>' takes a fraction in [0, 1] ({err})") from None
+    if spec == EVIDENCE:
+        from restpg_dspy.data.evidence import evidence_teacher
+
+        return evidence_teacher()
     if spec.startswith(VLLM_SERVER_PREFIX):
         from restpg_dspy.vllm_server import VLLMServerEngine
 

@@ -6,6 +6,7 @@ Example:
     2
 """
 
+from restpg_dspy.data.evidence import EvidenceTeacherError, evidence_teacher
 from restpg_dspy.data.implicit_choice import ChoiceUser
 from restpg_dspy.data.life_facts import UserTraits
 from restpg_dspy.data.longlamp import load_longlamp, read_records, records_to_examples
@@ -15,8 +16,10 @@ from restpg_dspy.data.synthetic import TASKS, synthetic
 __all__ = [
     "TASKS",
     "ChoiceUser",
+    "EvidenceTeacherError",
     "OracleError",
     "UserTraits",
+    "evidence_teacher",
     "load_longlamp",
     "oracle_teacher",
     "read_records",
