@@ -142,3 +142,27 @@ def test_shared_longlamp_sample_loads(shared_sample):
     assert first.user_id == first.id == "dev-0"
     assert first.reference_prediction and len(first.profile) == 4
     assert first.request.startswith("Generate an abstract for the title")
+
+
+def test_one_file_is_split_by_the_hash_of_record_ids_whatever_its_order(tmp_path):
+    from restpg_dspy.experiments.registry import load_split
+
+    records = [{"id": f"r{i}", "input": f"Title {i}", "output": f"abstract {i}", "profile": []} for i in range(9)]
+    forward, backward = tmp_path / "forward.jsonl", tmp_path / "backward.jsonl"
+    forward.write_text("".join(json.dumps(r) + "\n" for r in records))
+    backward.write_text("".join(json.dumps(r) + "\n" for r in reversed(records)))
+    parts = {}
+    for path in (forward, backward):
+        for split in ("train", "test"):
+            examples = load_split(
+                f"longlamp:abstract_generation:{path}", split, seed=0, synthetic_task="", users=None, limit=None
+            )
+            parts.setdefault(split, set()).add(tuple(sorted(e.id for e in examples)))
+    assert len(parts["train"]) == len(parts["test"]) == 1  # the file's order does not matter
+    (train,), (test,) = parts["train"], parts["test"]
+    assert len(train) == 4 and len(test) == 5 and not set(train) & set(test)
+    with pytest.raises(ValueError, match="no 'val' part"):
+        load_longlamp("abstract_generation", "val", path=forward, split_by_hash=True)
+    forward.write_text(forward.read_text() + json.dumps(records[0]) + "\n")
+    with pytest.raises(ValueError, match="unique 'id'"):
+        load_longlamp("abstract_generation", "train", path=forward, split_by_hash=True)

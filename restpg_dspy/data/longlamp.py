@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from pathlib import Path
@@ -106,6 +107,23 @@ def records_to_examples(records: list[dict[str, Any]], source: str) -> list[dspy
     return examples
 
 
+def hash_split(records: list[dict[str, Any]], split: str) -> list[dict[str, Any]]:
+    """The ``train`` or ``test`` part of records that one file holds for a whole task: ranked by the SHA-256 of their
+    id, the lower half (rounded down) is ``train`` and the rest ``test``, whatever order the file has.
+
+    Raises:
+        UsageError: another split (one file has no ``val`` part), or records without a unique ``id``.
+    """
+    if split not in ("train", "test"):
+        raise UsageError(f"one file is split by hash into 'train' and 'test' only; it has no {split!r} part")
+    ids = [str(r.get("id")) for r in records]
+    if any(r.get("id") is None for r in records) or len(set(ids)) < len(ids):
+        raise UsageError("splitting records by the hash of their id needs a unique 'id' in every record")
+    ranked = sorted(records, key=lambda r: hashlib.sha256(str(r["id"]).encode()).hexdigest())
+    half = len(ranked) // 2
+    return ranked[:half] if split == "train" else ranked[half:]
+
+
 def _attach_outputs(records: list[dict[str, Any]], outputs_path: str | Path) -> list[dict[str, Any]]:
     outputs = {str(row["id"]): row["output"] for row in read_records(outputs_path)}
     missing = [str(r.get("id")) for r in records if "output" not in r and str(r.get("id")) not in outputs]
@@ -123,6 +141,7 @@ def load_longlamp(
     setting: str = "user",
     seed: int | None = None,
     outputs_path: str | Path | None = None,
+    split_by_hash: bool = False,
 ) -> list[dspy.Example]:
     """Load a LongLaMP task as ``dspy.Example``s.
 
@@ -134,6 +153,7 @@ def load_longlamp(
         setting: ``user`` or ``temporal`` (hub configs ``<task>_<setting>``).
         seed: With ``limit``, draw a seeded random sample instead of the first ``limit`` records.
         outputs_path: A separate ``{id, output}`` file (the email task's layout) joined to the records by id.
+        split_by_hash: ``path`` holds the whole task: keep ``split``'s part of it (:func:`hash_split`).
 
     Returns:
         Examples with inputs ``request`` and ``profile``, and fields ``output``, ``id``, ``user_id`` and any extras.
@@ -147,6 +167,8 @@ def load_longlamp(
     records = read_records(path) if path is not None else _hub_records(task, setting, split)
     if outputs_path is not None:
         records = _attach_outputs(records, outputs_path)
+    if split_by_hash:
+        records = hash_split(records, split)
     if limit is not None and limit < len(records):
         if seed is None:
             records = records[:limit]

@@ -71,7 +71,7 @@ METRICS = {
 }
 METRIC_NAMES = (*METRICS, "llm_judge")
 RETRIEVERS = {"bm25": BM25, "dense": Dense, "recency": Recency}
-TASK_SPECS = "'synthetic', 'longlamp:<task>' or 'longlamp:<task>:<path with {split}>'"
+TASK_SPECS = "'synthetic', 'longlamp:<task>', 'longlamp:<task>:<path with {split}>' or 'longlamp:<task>:<one file>'"
 
 
 def compared_pairs(methods: Iterable[str]) -> list[tuple[str, str]]:
@@ -165,7 +165,6 @@ def load_split(
     if kind != "longlamp" or not rest:
         raise UsageError(f"unknown task {spec!r}; use {TASK_SPECS}")
     task, _, path = rest.partition(":")
-    if path and "{split}" not in path:
-        raise UsageError(f"task {spec!r}: the local path needs a {{split}} placeholder for its train and test files")
-    files = {"path": path.format(split=split)} if path else {}
+    # A path with {split} names one file per split; a path without it, one file split by the hash of record ids.
+    files = {"path": path.format(split=split), "split_by_hash": "{split}" not in path} if path else {}
     return load_longlamp(task, split, limit=limit, seed=seed, **files)
