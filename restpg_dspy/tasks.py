@@ -23,6 +23,9 @@ class TaskFormat:
         date_field: Key that orders items by time (for recency), if any.
         aliases: Older key names accepted for a field (``{"summary": "input"}`` reads ``input`` when ``summary`` is
             absent).
+        repetition_controls: The task's default repetition controls of generation (``repetition_penalty``,
+            ``no_repeat_ngram_size``; see :func:`restpg_dspy.with_repetition_controls`), chosen on the task's
+            training records only; empty: none.
     """
 
     name: str
@@ -30,6 +33,7 @@ class TaskFormat:
     index_fields: tuple[str, ...]
     date_field: str | None = None
     aliases: dict[str, str] = field(default_factory=dict)
+    repetition_controls: dict[str, Any] = field(default_factory=dict)
 
     def value(self, item: dict[str, Any], key: str) -> str:
         """The text of ``key`` in ``item`` (through its alias when absent), or ``""``."""
