@@ -146,6 +146,29 @@ def test_a_table_moved_without_its_adapters_trains_only_the_stages_it_still_need
     assert run_table(config) == first and len(count_trainings) == 2  # everything from the evaluation cache
 
 
+def test_repetition_controls_come_from_the_task_unless_the_config_sets_them(tmp_path, tiny_model_dir, monkeypatch):
+    import dataclasses
+
+    from restpg_dspy import tasks
+    from restpg_dspy.experiments.table import config_lms, task_controls, task_student
+
+    plain = tiny(tmp_path, tiny_model_dir, shared_dir=str(tmp_path / "shared"))
+    student = config_lms(plain)[0]
+    assert task_controls(plain, "synthetic") == {} and task_student(plain, "synthetic", student) is student
+    own = dataclasses.replace(tasks.TASKS["synthetic"], repetition_controls={"repetition_penalty": 1.2})
+    monkeypatch.setitem(tasks.TASKS, "synthetic", own)
+    assert task_student(plain, "synthetic", student).model == student.model + "?repetition_penalty=1.2"
+    unset = dataclasses.replace(plain, repetition_controls={})
+    assert task_student(unset, "synthetic", student) is student  # {}: none, whatever the task's defaults
+    stronger = dataclasses.replace(plain, repetition_controls={"no_repeat_ngram_size": 3})
+    assert task_controls(stronger, "synthetic") == {"no_repeat_ngram_size": 3}
+    # Runs with other controls live in other folders; runs without any keep the folders they had.
+    folders = {compile_dir(c, "synthetic", "sft") for c in (plain, unset, stronger)}
+    assert len(folders) == 3
+    monkeypatch.setitem(tasks.TASKS, "synthetic", dataclasses.replace(own, repetition_controls={}))
+    assert compile_dir(plain, "synthetic", "sft") == compile_dir(unset, "synthetic", "sft")
+
+
 def test_calibration_records_every_trial_and_never_trains_one_twice(tmp_path, tiny_model_dir, count_trainings):
     config = tiny(tmp_path, tiny_model_dir, shared_dir=str(tmp_path / "shared"))
     record = tmp_path / "calibration.json"

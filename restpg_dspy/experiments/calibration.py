@@ -81,6 +81,7 @@ def calibrate(
         load_task,
         load_val,
         report_metrics,
+        task_student,
     )
     from restpg_dspy.optimizers import RESTPG
 
@@ -116,7 +117,7 @@ def calibrate(
                 method: {**own, "train_kwargs": {**own.get("train_kwargs", {}), "num_train_epochs": budget}},
             },
         )
-        program, _ = build_method(method, trained, student)
+        program, _ = build_method(method, trained, task_student(config, slug, student))
         run_dir = shared / slug / "calibration" / compile_dir(trained, slug, method).name
         compiled = compile_method(
             method,

@@ -82,6 +82,13 @@ class TableConfig:
     response_max_tokens: int | None = field(
         default=None, metadata=_help("Token budget of the response step (default: max_tokens).")
     )
+    repetition_controls: dict[str, Any] | None = field(
+        default=None,
+        metadata=_help(
+            "The student's repetition controls (repetition_penalty, no_repeat_ngram_size); default: each task's own "
+            "(restpg_dspy.tasks.TASKS), {} for none."
+        ),
+    )
     num_threads: int = field(default=16, metadata=_help("Concurrent program runs."))
     optimizer: dict[str, Any] = field(
         default_factory=dict,

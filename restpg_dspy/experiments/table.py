@@ -80,6 +80,24 @@ def config_lms(config: TableConfig) -> tuple[dspy.LM, dspy.LM | None, dspy.LM | 
     return student, teacher_lm(config.teacher, config), judge
 
 
+def task_controls(config: TableConfig, slug: str) -> dict[str, Any]:
+    """The student's repetition controls on task ``slug``: the config's, else the task's defaults."""
+    from restpg_dspy.tasks import TASKS
+
+    if config.repetition_controls is not None:
+        return dict(config.repetition_controls)
+    task = TASKS.get(slug)
+    return dict(task.repetition_controls) if task is not None else {}
+
+
+def task_student(config: TableConfig, slug: str, student: dspy.LM) -> dspy.LM:
+    """``student`` with its repetition controls on task ``slug`` (see :func:`task_controls`)."""
+    import restpg_dspy
+
+    controls = task_controls(config, slug)
+    return restpg_dspy.with_repetition_controls(student, **controls) if controls else student
+
+
 def report_metrics(config: TableConfig, judge: Any = None) -> list[Any]:
     """The metrics ``config`` names, plus ``llm_judge`` whenever a judge is set."""
     extra = ["llm_judge"] if judge is not None and "llm_judge" not in config.metrics else []
@@ -137,6 +155,9 @@ def compile_dir(config: TableConfig, slug: str, method: str) -> Path:
     fields = ("student", "tasks", "synthetic_task", "synthetic_train_users", "seed", "retriever", "k", "max_tokens")
     budgets = ("reasoning_max_tokens", "response_max_tokens", "reward", "train_limit")
     key = {name: getattr(config, name) for name in (*fields, *budgets)}
+    controls = task_controls(config, slug)
+    if controls:  # (absent when there are none, so runs without them keep their folders)
+        key["repetition_controls"] = controls
     digest = hashlib.sha256(json.dumps({"method": method, **key, **own}, sort_keys=True).encode()).hexdigest()
     return Path(config.shared_dir) / slug / f"{method}-{digest[:10]}"
 
@@ -265,7 +286,7 @@ def run_table(config: TableConfig, only: list[str] | None = None) -> dict[str, d
                     rows[method] = result.rows
                     results.setdefault(method, {})[slug] = result.summary()
                 continue
-            program, _ = build_method(method, config, student)
+            program, _ = build_method(method, config, task_student(config, slug, student))
             started = time.perf_counter()
             if compiles:
                 run_dir = compile_dir(config, slug, method)
