@@ -199,3 +199,22 @@ def test_restpg_samples_each_round_through_vllm_with_that_rounds_adapter(vllm_lm
     assert weights and set(weights) == {"adapter_model.safetensors"}
     assert not [p for p in tmp_path.rglob("config.json") if (p.parent / "model.safetensors").exists()]
     assert isinstance(compiled(**trainset[0].inputs()).response, str)
+
+
+LOOPING = "Write an abstract for a paper titled 'Deep learning for speech recognition'."
+
+
+@pytest.mark.parametrize("engine", ["local", "vllm"])
+def test_a_looping_prompt_stops_looping_with_a_repetition_penalty(engine, request):
+    from restpg_dspy.evals import loops
+
+    lm = request.getfixturevalue(f"{engine}_lm").copy(max_tokens=200)  # the local one runs without vLLM too
+    assert loops(lm(LOOPING)[0])  # greedy decoding of the embedded model repeats the title until its budget runs out
+    controlled = restpg_dspy.with_repetition_controls(lm, repetition_penalty=1.3)
+    assert not loops(controlled(LOOPING)[0])
+
+
+def test_vllm_refuses_a_no_repeat_ngram_size_by_name(vllm_lm):
+    banned = restpg_dspy.with_repetition_controls(vllm_lm, no_repeat_ngram_size=4)
+    with pytest.raises(Exception, match="vLLM has no no-repeat n-gram setting"):
+        banned("Name three colors.")
