@@ -39,6 +39,7 @@ from dspy.clients.provider import Provider, TrainingJob
 from restpg_dspy.errors import UsageError
 from restpg_dspy.files import write_atomic
 from restpg_dspy.memory import release_memory
+from restpg_dspy.memory_plan import plan_memory
 from restpg_dspy.models import accepts_logits_to_keep, load_causal_lm, resolve_dtype
 from restpg_dspy.serving import adapter_hash, default_adapter_root, split_decoding, with_decoding
 from restpg_dspy.training_data import tokenize_rows
@@ -59,7 +60,15 @@ class NonFiniteLossError(RuntimeError):
 
 
 # Knobs that belong to the fine-tuning job itself rather than to TRL's SFTConfig or PEFT's LoraConfig.
-_OWN_KNOBS = ("dtype", "output_dir", "start_from", "num_processes", "accelerate_config", "save_steps")
+_OWN_KNOBS = (
+    "dtype",
+    "output_dir",
+    "start_from",
+    "num_processes",
+    "accelerate_config",
+    "save_steps",
+    "memory_budget_gib",
+)
 _LORA_KNOBS = ("r", "lora_alpha", "lora_dropout", "target_modules")
 
 
@@ -82,7 +91,8 @@ class LoRATrainingConfig:
         per_device_train_batch_size: Rows per forward pass.
         gradient_accumulation_steps: Forward passes per optimizer step.
         max_length: Longest tokenized row; longer rows are truncated and counted in the log.
-        gradient_checkpointing: Recompute activations in the backward pass to save memory.
+        gradient_checkpointing: Recompute activations in the backward pass to save memory (also turned on by the
+            memory plan when the budget needs it).
         dtype: Training dtype, ``"auto"`` picks bfloat16 on a capable GPU and float32 otherwise.
         warmup_steps: Warm-up length: an integer number of steps, or a float in [0, 1) as a fraction of all steps.
         lr_scheduler_type: A transformers scheduler name.
@@ -101,6 +111,10 @@ class LoRATrainingConfig:
             the global batch is ``per_device_train_batch_size x gradient_accumulation_steps x num_processes``.
         accelerate_config: An ``accelerate`` config file (DeepSpeed, FSDP, ...): the training is launched with
             ``accelerate launch --config_file`` instead.
+        memory_budget_gib: On a CPU, the most resident memory the training process may reach: gradient
+            checkpointing, then micro-batches accumulated into the same optimizer steps, are used as far as the
+            estimate of :func:`~restpg_dspy.memory_plan.plan_memory` needs, and a job that cannot fit is refused
+            before it starts; ``None`` plans nothing (a launched multi-process job plans nothing either).
         sft_args: Further ``SFTConfig`` fields.
         lora_args: Further ``LoraConfig`` fields.
     """
@@ -128,6 +142,7 @@ class LoRATrainingConfig:
     start_from: str = "base"
     num_processes: int = 1
     accelerate_config: str | None = None
+    memory_budget_gib: float | None = 8.0
     sft_args: dict[str, Any] = dataclasses.field(default_factory=dict)
     lora_args: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -160,6 +175,8 @@ class LoRATrainingConfig:
             raise UsageError("max_length must be >= 2, r, per_device_train_batch_size and num_processes >= 1")
         if config.save_steps < 0:
             raise UsageError(f"save_steps must be >= 0 (0 turns checkpoints off), not {config.save_steps}")
+        if config.memory_budget_gib is not None and config.memory_budget_gib <= 0:
+            raise UsageError(f"memory_budget_gib must be > 0 (or None to plan nothing), not {config.memory_budget_gib}")
         if config.accelerate_config and not Path(config.accelerate_config).is_file():
             raise UsageError(f"accelerate_config {config.accelerate_config} is not a file")
         return config
@@ -171,8 +188,9 @@ class LoRATrainingConfig:
         knobs = {name: getattr(self, name) for name in _LORA_KNOBS}
         return LoraConfig(task_type="CAUSAL_LM", **{**knobs, **self.lora_args})
 
-    def sft_config(self, output_dir: Path, *, use_cpu: bool, bf16: bool) -> Any:
-        """TRL's ``SFTConfig`` for this job; the data arrive tokenized, with our labels and weights."""
+    def sft_config(self, output_dir: Path, *, use_cpu: bool, bf16: bool, plan: dict[str, Any] | None = None) -> Any:
+        """TRL's ``SFTConfig`` for this job (with ``plan``'s micro-batches and checkpointing, see
+        :class:`~restpg_dspy.memory_plan.MemoryPlan`); the data arrive tokenized, with our labels and weights."""
         from trl import SFTConfig
 
         knobs = {
@@ -193,6 +211,12 @@ class LoRATrainingConfig:
             "bf16": bf16,
             "disable_tqdm": True,  # replaced by the one-line progress bar
         }
+        if plan:
+            fixed["per_device_train_batch_size"] = plan["micro_batch_size"]
+            fixed["gradient_accumulation_steps"] = self.gradient_accumulation_steps * plan["accumulation"]
+            if plan["gradient_checkpointing"]:
+                fixed["gradient_checkpointing"] = True
+                fixed["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
         return SFTConfig(**{**knobs, **fixed, **self.sft_args})
 
 
@@ -382,6 +406,28 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _memory_plan(loaded: Any, rows: list[Any], config: LoRATrainingConfig) -> dict[str, Any] | None:
+    """The memory plan of a CPU training in this process, when it changes anything (else ``None``)."""
+    if config.memory_budget_gib is None or loaded.device != "cpu" or config.num_processes > 1 or not rows:
+        return None
+    if config.accelerate_config:
+        return None
+    firsts = [next((i for i, label in enumerate(r.labels) if label != -100), len(r.labels)) for r in rows]
+    longest = max(len(r.input_ids) for r in rows)
+    plan = plan_memory(
+        loaded.model.config,
+        parameters=sum(p.numel() for p in loaded.model.parameters()),
+        batch_size=config.per_device_train_batch_size,
+        longest_row=longest,
+        trained_tokens=longest - min(firsts),  # logits are kept at every position some row of a batch trains
+        budget_gib=config.memory_budget_gib,
+    )
+    if plan.micro_batch_size == config.per_device_train_batch_size and not plan.gradient_checkpointing:
+        return None
+    logger.info("memory plan for a %.1f GiB budget: %s", config.memory_budget_gib, plan)
+    return dataclasses.asdict(plan)
+
+
 def train_lora(
     engine: LocalEngine, rows: list[dict[str, Any]], config: LoRATrainingConfig, start_from: Path | None = None
 ) -> tuple[Path, dict[str, Any]]:
@@ -416,6 +462,7 @@ def train_lora(
         str(start_from) if start_from else None,
         staging="",
         base_fingerprint=loaded.fingerprint,
+        plan=_memory_plan(loaded, tokenized, config),  # refuses, before anything runs, a job that cannot fit
     )
     key = job.key()  # hashes every tokenized row: once per training
     trained = _trained_before(root, key)
@@ -450,6 +497,7 @@ def train_lora(
             "assistant_tokens": stats.assistant_tokens,
             "total_tokens": stats.total_tokens,
             "steps": steps,
+            "memory_plan": job.plan,
             "resumed_at_step": resumed_at,
             "losses": losses,
             "runtime_s": round(time.monotonic() - started, 2),
@@ -541,6 +589,7 @@ class TrainingJobSpec:
         checkpoints: The folder of the job's resumable checkpoints, or ``None`` to keep none.
         base_fingerprint: The base weights' content fingerprint, so that new weights in the same folder make another
             job (one that neither resumes the old checkpoints nor is served the old adapter).
+        plan: The memory plan's micro-batches and checkpointing, when it changes how the batch is computed.
     """
 
     model_path: str
@@ -551,11 +600,15 @@ class TrainingJobSpec:
     staging: str
     checkpoints: str | None = None
     base_fingerprint: str | None = None
+    plan: dict[str, Any] | None = None
 
     def key(self) -> str:
         """What the training computes, hashed: the same key resumes the same job's checkpoints."""
         identity = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("staging", "checkpoints")}
         identity["config"].pop("output_dir")  # where the adapter is published changes nothing it computes
+        identity["config"].pop("memory_budget_gib")  # the plan it leads to is what counts
+        if identity["plan"] is None:
+            identity.pop("plan")
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
     def save(self, path: Path) -> None:
@@ -597,7 +650,10 @@ def fit(job: TrainingJobSpec, tokenizer: Any = None) -> tuple[int, list[float], 
         model = get_peft_model(model, config.lora_config())
     checkpoints = Path(job.checkpoints) if job.checkpoints else None
     arguments = config.sft_config(
-        checkpoints or staging / "trainer", use_cpu=device == "cpu", bf16=dtype == torch.bfloat16 and device != "cpu"
+        checkpoints or staging / "trainer",
+        use_cpu=device == "cpu",
+        bf16=dtype == torch.bfloat16 and device != "cpu",
+        plan=job.plan,
     )
     trainer_class, progress_bar = _trainer_classes()
     trainer = trainer_class(

@@ -342,3 +342,64 @@ def test_an_accelerate_config_that_asks_for_the_cpu_trains_there_whatever_the_mo
     job, tuned = train(tiny_lm, rows, tmp_path, accelerate_config=str(config), max_steps=2, r=4)
     assert job.log["steps"] == 2 and all(math.isfinite(loss) for loss in job.log["losses"])
     assert lora_b_norm(job) > 0 and tuned.model.startswith(tiny_lm.model + "+lora-")
+
+
+# --- memory plan ----------------------------------------------------------------------------------------------
+
+
+def budget_between(tiny_engine, rows, low_rows):
+    """A budget that fits ``low_rows`` rows per pass with checkpointing, but neither one more row nor the whole
+    batch without it (the plan's own estimate, on the rows as the training tokenizes them)."""
+    from restpg_dspy.memory_plan import estimate_gib
+    from restpg_dspy.training_data import tokenize_rows
+
+    loaded = tiny_engine.loaded
+    tokenized, _ = tokenize_rows(loaded.tokenizer, rows, 1024)
+    longest = max(len(r.input_ids) for r in tokenized)
+    first = min(next(i for i, label in enumerate(r.labels) if label != -100) for r in tokenized)
+    settings = {
+        "parameters": sum(p.numel() for p in loaded.model.parameters()),
+        "longest_row": longest,
+        "trained_tokens": longest - first,
+    }
+    low = estimate_gib(loaded.model.config, rows=low_rows, checkpointing=True, **settings)
+    high = estimate_gib(loaded.model.config, rows=low_rows + 1, checkpointing=True, **settings)
+    assert estimate_gib(loaded.model.config, rows=len(rows), checkpointing=False, **settings) > high
+    return (low + high) / 2
+
+
+def test_micro_batches_train_like_the_whole_batch_within_float_tolerance(tiny_lm, tiny_engine, tmp_path):
+    rows = [chat(q, a) for q, a in [("Largest animal?", "blue whale"), ("Fastest bird?", "peregrine falcon")] * 2]
+    common = {"lora_dropout": 0.0, "max_steps": 3, "learning_rate": 1e-2, "r": 4, "per_device_train_batch_size": 4}
+    whole, _ = train(tiny_lm, rows, tmp_path / "whole", memory_budget_gib=None, **common)
+    budget = budget_between(tiny_engine, rows, low_rows=2)
+    split, _ = train(tiny_lm, rows, tmp_path / "split", memory_budget_gib=budget, **common)
+    assert split.log["memory_plan"] == {**split.log["memory_plan"], "micro_batch_size": 2, "accumulation": 2}
+    assert split.log["memory_plan"]["gradient_checkpointing"]
+    assert whole.log["memory_plan"] is None and split.log["steps"] == whole.log["steps"] == 3
+    assert split.log["losses"] == pytest.approx(whole.log["losses"], rel=1e-4)
+    first, second = (load_file(f"{job.log['adapter']}/adapter_model.safetensors") for job in (whole, split))
+    assert all(torch.allclose(first[name], second[name], atol=1e-5) for name in first)
+
+
+def test_a_training_that_cannot_fit_is_refused_before_it_starts(tiny_lm, tmp_path):
+    with pytest.raises(UsageError, match=r"over memory_budget_gib=0\.01: lower max_length, or raise memory_budget_gib"):
+        train(tiny_lm, [chat("Largest animal?")], tmp_path, memory_budget_gib=0.01)
+    assert not list(tmp_path.glob("adapters/*lora*"))  # nothing trained, nothing published
+    with pytest.raises(UsageError, match="memory_budget_gib must be > 0"):
+        LoRATrainingConfig.from_kwargs({"memory_budget_gib": 0})
+
+
+def test_the_plan_checkpoints_before_it_splits_the_batch():
+    from types import SimpleNamespace
+
+    from restpg_dspy.memory_plan import plan_memory
+
+    smol = SimpleNamespace(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, vocab_size=49152)
+    plan = {"parameters": 135e6, "batch_size": 8, "trained_tokens": 300}
+    assert plan_memory(smol, longest_row=128, budget_gib=8.0, **plan).gradient_checkpointing is False
+    roomy = plan_memory(smol, longest_row=1024, budget_gib=8.0, **plan)
+    assert (roomy.micro_batch_size, roomy.accumulation, roomy.gradient_checkpointing) == (8, 1, True)
+    tight = plan_memory(smol, longest_row=1024, budget_gib=4.0, **plan)
+    assert tight.micro_batch_size * tight.accumulation == 8 and tight.micro_batch_size < 8
+    assert tight.estimated_gib <= 4.0 < roomy.estimated_gib
