@@ -237,7 +237,7 @@ def evaluate(
         return result
 
     try:  # each example runs on copies of the program's LMs, whose histories say how its generations finished
-        lms, template = predictor_lms(program), without_lms(program)
+        lms, template = predictor_lms(program) or None, without_lms(program)
     except UsageError:  # predictors without an LM: the program brings its own
         lms, template = None, None
 

@@ -10,6 +10,7 @@ Example:
 
 from restpg_dspy.programs.adapter import CompletionAdapter
 from restpg_dspy.programs.profile import ProfileFormatter
+from restpg_dspy.programs.recorded import RecordedOutputs
 from restpg_dspy.programs.signatures import (
     HindsightReasoning,
     PersonalizedResponse,
@@ -31,4 +32,5 @@ __all__ = [
     "ProfileFormatter",
     "ProfileResponse",
     "RAGWriter",
+    "RecordedOutputs",
 ]

@@ -169,6 +169,36 @@ def test_repetition_controls_come_from_the_task_unless_the_config_sets_them(tmp_
     assert compile_dir(plain, "synthetic", "sft") == compile_dir(unset, "synthetic", "sft")
 
 
+def test_the_datasets_reference_predictions_are_scored_like_a_method(tmp_path, tiny_model_dir):
+    records = [
+        {
+            "id": f"r{i}",
+            "input": f"Generate an abstract for the title \"Paper {i}\"",
+            "output": f"we study topic {i} with care",
+            "reference_prediction": f"we study topic {i}" if i % 2 else "an unrelated text",
+            "profile": [{"title": f"Earlier {i}", "abstract": f"we study topic {i} before"}],
+        }
+        for i in range(6)
+    ]
+    data = tmp_path / "records.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    config = TableConfig(
+        run_dir=str(tmp_path / "table"),
+        student=f"local:{tiny_model_dir}",
+        tasks=[f"longlamp:abstract_generation:{data}"],
+        methods=["reference", "no-personalization"],
+        metrics=["rouge_l", "loop_rate"],
+        max_tokens=4,
+    )
+    results = run_table(config)
+    rows = [json.loads(line) for line in (tmp_path / "table/abstract_generation/reference.predictions.jsonl").open()]
+    recorded = {r["id"]: r["reference_prediction"] for r in records}
+    assert len(rows) == 3 and all(row["response"] == recorded[row["id"]] for row in rows)  # the test half only
+    assert results["reference"]["abstract_generation"]["rouge_l"]["n"] == 3
+    assert "truncation_rate" not in results["reference"]["abstract_generation"]  # nothing generated: nothing known
+    assert "| reference |" in (tmp_path / "table/table.md").read_text()
+
+
 def test_calibration_records_every_trial_and_never_trains_one_twice(tmp_path, tiny_model_dir, count_trainings):
     config = tiny(tmp_path, tiny_model_dir, shared_dir=str(tmp_path / "shared"))
     record = tmp_path / "calibration.json"

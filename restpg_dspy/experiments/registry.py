@@ -26,7 +26,7 @@ import dspy
 from restpg_dspy.errors import UsageError
 from restpg_dspy.evals import loop_rate, meteor, meteor_without_synonyms, option_accuracy, rouge_1, rouge_l
 from restpg_dspy.optimizers import RESTPG, SFT, ReSTEM, SFTWithReasoning
-from restpg_dspy.programs import NoPersonalization, PersonalizedWriter, RAGWriter
+from restpg_dspy.programs import NoPersonalization, PersonalizedWriter, RAGWriter, RecordedOutputs
 from restpg_dspy.retrieval import BM25, Dense, Recency
 
 logger = logging.getLogger(__name__)
@@ -54,6 +54,8 @@ METHODS: dict[str, Method] = {
     "sft-reasoning": Method(PersonalizedWriter, SFTWithReasoning, "SFT with reasoning"),
     "rest-em": Method(RAGWriter, ReSTEM, "ReST-EM"),
     "rest-pg": Method(PersonalizedWriter, RESTPG, "REST-PG"),
+    # The dataset's own predictions of another system (LongLaMP: a Llama-3-8B RAG baseline), scored on the same records.
+    "reference": Method(RecordedOutputs, None, "reference predictions (the dataset's)"),
 }
 COMPILED = tuple(name for name, method in METHODS.items() if method.optimizer is not None)
 UNCOMPILED = tuple(name for name, method in METHODS.items() if method.optimizer is None)
@@ -99,6 +101,8 @@ def build_program(
     """The program of method ``name`` with its retriever and token budgets."""
     check_name("method", name, METHODS)
     method = METHODS[name]
+    if method.program is RecordedOutputs:
+        raise UsageError(f"method {name!r} answers with the test examples' recorded outputs: build it from them")
     if method.program is NoPersonalization:
         return NoPersonalization(response_max_tokens=response_max_tokens)
     check_name("retriever", retriever, RETRIEVERS)

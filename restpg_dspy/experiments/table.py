@@ -242,6 +242,7 @@ def run_table(config: TableConfig, only: list[str] | None = None) -> dict[str, d
     from restpg_dspy.evals.paired import differences_table, paired_differences, read_rows
     from restpg_dspy.evals.report import markdown_table, plot_scores
     from restpg_dspy.experiments.rounds import score_stage
+    from restpg_dspy.programs import RecordedOutputs
 
     unknown = sorted(set(only or ()) - set(config.methods))
     if unknown:
@@ -286,7 +287,10 @@ def run_table(config: TableConfig, only: list[str] | None = None) -> dict[str, d
                     rows[method] = result.rows
                     results.setdefault(method, {})[slug] = result.summary()
                 continue
-            program, _ = build_method(method, config, task_student(config, slug, student))
+            if method == "reference":
+                program = RecordedOutputs.from_examples(testset, "reference_prediction")
+            else:
+                program, _ = build_method(method, config, task_student(config, slug, student))
             started = time.perf_counter()
             if compiles:
                 run_dir = compile_dir(config, slug, method)
