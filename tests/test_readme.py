@@ -119,3 +119,27 @@ def test_selection_conditions_differ_only_in_their_teacher_and_the_notes_budget(
         assert "sft_fraction" not in noisy.method_settings(method)["optimizer"]
     assert noisy.synthetic_task == "implicit_choice_v2" and noisy.optimizer["rounds"] == 3
     assert noisy.synthetic_train_users >= 48 and noisy.round_curves
+
+
+def test_the_longlamp_configs_list_the_hash_split_and_differ_only_in_their_teacher(shared_sample):
+    import re
+
+    from restpg_dspy.data import load_longlamp
+    from restpg_dspy.experiments import TableConfig
+
+    path = REPO / "configs/longlamp_abstract.yaml"
+    evidence = TableConfig.from_file(path)
+    self_teacher = TableConfig.from_file(REPO / "configs/longlamp_abstract_self_teacher.yaml")
+    assert (evidence.teacher, self_teacher.teacher) == ("evidence", None)
+    for name in TableConfig.__dataclass_fields__:
+        if name not in ("run_dir", "teacher"):
+            assert getattr(evidence, name) == getattr(self_teacher, name), name
+    (task,) = evidence.tasks
+    assert task.endswith("longlamp_abstract_sample.jsonl") and "{split}" not in task
+    comments = path.read_text()
+    for split in ("train", "test"):
+        block = re.search(rf"#   {split}:(.*?)(?=\n#   [a-z]+:|\n# On)", comments, re.S).group(1)
+        listed = re.findall(r"dev-\d+", block)
+        loaded = [e.id for e in load_longlamp("abstract_generation", split, path=shared_sample, split_by_hash=True)]
+        assert listed == loaded, split
+    assert {"rouge_1", "rouge_l", "meteor", "loop_rate"} <= set(evidence.metrics) and "reference" in evidence.methods
