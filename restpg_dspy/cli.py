@@ -97,8 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument(
         "--rule",
         required=True,
-        choices=["best_on_val", "room"],
-        help="best_on_val: the baseline's best validation score; room: an SFT stage below --max-val on validation "
+        choices=["best_on_val", "best_of_grid", "room"],
+        help="best_on_val: the baseline's best validation score, stopping at the first budget that does not improve; "
+        "best_of_grid: the best over every budget; room: an SFT stage below --max-val on validation "
         "whose round-1 E-step spreads over options (see restpg_dspy.experiments.calibration)",
     )
     calibrate.add_argument("--epochs", required=True, help="comma-separated budgets, e.g. 1,2,4,8")

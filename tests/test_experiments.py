@@ -222,6 +222,12 @@ def test_calibration_records_every_trial_and_never_trains_one_twice(tmp_path, ti
     calibrate(other, "sft", "best_on_val", [1], record)
     assert set(json.loads(record.read_text())) == {config.run_dir, other.run_dir}
     assert len(count_trainings) == trained + 1
+    # best_of_grid trains every budget, reusing those another rule of the method recorded, and keeps the best.
+    grid = calibrate(config, "sft", "best_of_grid", [1, 2, 4, 8], record)
+    assert set(grid["trials"]) == {"1", "2", "4", "8"}
+    assert all(grid["trials"][k]["val"] == t["val"] for k, t in trials.items())
+    assert len(count_trainings) == trained + 1 + (4 - len(trials))
+    assert grid["chosen"] == choose_best_on_val({float(k): t["val"] for k, t in grid["trials"].items()})
 
 
 def test_choice_rules_follow_their_definitions():

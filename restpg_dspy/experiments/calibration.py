@@ -5,6 +5,9 @@ Rules (the budget is the number of training epochs; every other setting is the c
 * ``best_on_val``, a baseline's own best budget: train at each budget of the grid in increasing order, score the
   first reported metric on the validation split, stop at the first budget that does not beat the best so far, and
   keep the best (ties go to the smaller budget).
+* ``best_of_grid``, the same without stopping early: every budget of the grid is trained and scored, the best kept
+  (ties go to the smaller budget). A validation curve that dips before it rises (over-fitting the notes' wording,
+  say, before their content) stops ``best_on_val`` at the dip.
 * ``room``, an SFT stage that leaves the E-step something to choose: from the largest budget down, keep the first
   whose SFT stage scores below ``max_val`` on validation and whose round-1 E-step, drawn without training
   (:meth:`~restpg_dspy.optimizers.RESTPG.explore`), has an ``option_spread_rate`` of at least ``min_spread``; if none
@@ -34,11 +37,11 @@ from restpg_dspy.errors import UsageError
 from restpg_dspy.experiments import registry
 from restpg_dspy.experiments.config import TableConfig
 
-RULES = ("best_on_val", "room")
+RULES = ("best_on_val", "best_of_grid", "room")
 
 
 def choose_best_on_val(scores: dict[float, float]) -> float:
-    """The ``best_on_val`` choice among the budgets scored so far (in increasing order)."""
+    """The best budget among those scored (ties go to the smaller): ``best_on_val``'s and ``best_of_grid``'s choice."""
     best = None
     for budget in sorted(scores):
         if best is None or scores[budget] > scores[best]:
@@ -105,8 +108,12 @@ def calibrate(
 
     def trial(budget: float, explore: bool) -> dict[str, Any]:
         key = f"{budget:g}"
-        done = entry["trials"].get(key, {})
+        # The same budget's training and validation, recorded under another rule of this method, are the same.
+        rules = results[config.run_dir][method].values()
+        earlier = [r["trials"][key] for r in rules if "val" in r["trials"].get(key, {})]
+        done = entry["trials"].get(key) or (dict(earlier[0]) if earlier else {})
         if "val" in done and (not explore or "explore" in done):
+            entry["trials"][key] = done
             return done
         start = time.perf_counter()
         own = config.overrides.get(method, {})
@@ -147,11 +154,11 @@ def calibrate(
         print(f"[calibrate {method} {rule}] epochs={key} val {primary}={done['val']:.3f} {_spread(done)}", flush=True)
         return done
 
-    if rule == "best_on_val":
+    if rule in ("best_on_val", "best_of_grid"):
         scores: dict[float, float] = {}
         for budget in sorted(epochs):
             scores[budget] = trial(budget, explore=False)["val"]
-            if choose_best_on_val(scores) != budget and len(scores) > 1:
+            if rule == "best_on_val" and choose_best_on_val(scores) != budget and len(scores) > 1:
                 break
         chosen = choose_best_on_val(scores)
     else:
