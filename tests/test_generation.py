@@ -170,16 +170,13 @@ def repeated_ngrams(tokens, size):
 
 
 def test_no_repeat_ngram_size_leaves_no_ngram_twice_in_the_completion(tiny):
-    loaded, _, _ = tiny
-    prompt = loaded.tokenizer("the the the the the the the the")["input_ids"]
-    for size in (1, 2):
-        loose, controlled = run(
-            tiny,
-            [SamplingParams(max_tokens=200), SamplingParams(max_tokens=200, no_repeat_ngram_size=size)],
-            [prompt] * 2,
-        )
-        assert repeated_ngrams(loose.token_ids, size) > 0  # greedy decoding of the random tiny model repeats itself
-        assert repeated_ngrams(controlled.token_ids, size) == 0 and len(controlled.token_ids) == 200
+    sizes = (1, 2, 3)
+    loose, *controlled = run(
+        tiny, [SamplingParams(max_tokens=200), *(SamplingParams(max_tokens=200, no_repeat_ngram_size=n) for n in sizes)]
+    )
+    assert repeated_ngrams(loose.token_ids, 1) > 0  # 200 greedy tokens of the random tiny model repeat some token
+    for size, completion in zip(sizes, controlled, strict=True):
+        assert repeated_ngrams(completion.token_ids, size) == 0 and len(completion.token_ids) == 200
 
 
 def test_controls_off_by_default_and_each_repeats_less_than_greedy(tiny):
@@ -192,8 +189,8 @@ def test_controls_off_by_default_and_each_repeats_less_than_greedy(tiny):
 
 
 def test_a_controlled_row_leaves_the_other_rows_of_its_batch_alone(tiny):
-    (alone,) = run(tiny, [SamplingParams(max_tokens=20)])
-    batch = run(tiny, [SamplingParams(max_tokens=20, repetition_penalty=2.0), SamplingParams(max_tokens=20)])
+    (alone,) = run(tiny, [SamplingParams(max_tokens=200)])
+    batch = run(tiny, [SamplingParams(max_tokens=200, repetition_penalty=2.0), SamplingParams(max_tokens=200)])
     assert batch[1].token_ids == alone.token_ids and batch[0].token_ids != alone.token_ids
 
 
