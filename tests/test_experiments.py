@@ -173,7 +173,7 @@ def test_the_datasets_reference_predictions_are_scored_like_a_method(tmp_path, t
     records = [
         {
             "id": f"r{i}",
-            "input": f"Generate an abstract for the title \"Paper {i}\"",
+            "input": f'Generate an abstract for the title "Paper {i}"',
             "output": f"we study topic {i} with care",
             "reference_prediction": f"we study topic {i}" if i % 2 else "an unrelated text",
             "profile": [{"title": f"Earlier {i}", "abstract": f"we study topic {i} before"}],

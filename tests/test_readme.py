@@ -54,23 +54,25 @@ def test_python_api_example_runs(tmp_path, monkeypatch, capsys):
 
 
 def test_offline_table_config_matches_the_demo():
-    from restpg_dspy.experiments import METHODS, TableConfig
+    from restpg_dspy.experiments import TableConfig
     from restpg_dspy.experiments.demo import demo_config
+    from restpg_dspy.experiments.registry import DEFAULT_METHODS
 
     offline = TableConfig.from_file(REPO / "configs/offline.yaml")
     demo = demo_config()
-    assert offline.methods == list(METHODS)
+    assert offline.methods == list(DEFAULT_METHODS)
     for name in TableConfig.__dataclass_fields__:
         if name not in ("run_dir", "methods"):
             assert getattr(offline, name) == getattr(demo, name), name
 
 
 def test_ordering_control_differs_from_the_experiment_only_in_its_teacher_and_methods():
-    from restpg_dspy.experiments import METHODS, TableConfig
+    from restpg_dspy.experiments import TableConfig
+    from restpg_dspy.experiments.registry import DEFAULT_METHODS
 
     experiment = TableConfig.from_file(REPO / "configs/ordering.yaml")
     control = TableConfig.from_file(REPO / "configs/ordering_self_teacher.yaml")
-    assert sorted(experiment.methods) == sorted(METHODS) and experiment.teacher == "oracle"
+    assert sorted(experiment.methods) == sorted(DEFAULT_METHODS) and experiment.teacher == "oracle"
     assert control.teacher is None
     for name in TableConfig.__dataclass_fields__:
         if name not in ("run_dir", "methods", "teacher"):

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from restpg_dspy.errors import UsageError
-from restpg_dspy.experiments.registry import METHODS, METRIC_NAMES, RETRIEVERS, TASK_SPECS, check_name
+from restpg_dspy.experiments.registry import DEFAULT_METHODS, METHODS, METRIC_NAMES, RETRIEVERS, TASK_SPECS, check_name
 
 _OVERRIDABLE = ("teacher", "optimizer", "train_kwargs")
 
@@ -49,7 +49,8 @@ class TableConfig:
         default="implicit_choice", metadata=_help("The task 'synthetic' generates: implicit_choice or life_facts.")
     )
     methods: list[str] = field(
-        default_factory=lambda: list(METHODS), metadata=_help(f"Rows of the table: {', '.join(METHODS)}.")
+        default_factory=lambda: list(DEFAULT_METHODS),
+        metadata=_help(f"Rows of the table: {', '.join(METHODS)} (default: all but reference)."),
     )
     metrics: list[str] = field(
         default_factory=lambda: ["rouge_1", "rouge_l", "meteor"],

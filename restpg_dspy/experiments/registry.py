@@ -58,6 +58,9 @@ METHODS: dict[str, Method] = {
     "reference": Method(RecordedOutputs, None, "reference predictions (the dataset's)"),
 }
 COMPILED = tuple(name for name, method in METHODS.items() if method.optimizer is not None)
+# A table's methods unless its config names them: every method that runs on any task (the reference needs records
+# that carry another system's predictions).
+DEFAULT_METHODS = tuple(name for name, method in METHODS.items() if method.program is not RecordedOutputs)
 UNCOMPILED = tuple(name for name, method in METHODS.items() if method.optimizer is None)
 # The paper's ordering, best first: each adjacent pair is compared with a paired interval.
 PAPER_ORDER = ("rest-pg", "rest-em", "sft", "rag", "no-personalization")
