@@ -1,5 +1,6 @@
-"""Peak resident memory of one LoRA fine-tune on long rows (8 rows of about 1,024 tokens): without the memory plan
-vs with it (its default 8 GiB budget), side by side in one run.
+"""Peak resident memory of one LoRA fine-tune on long rows (8 rows of about 1,024 tokens), side by side in one run:
+as before (no memory plan, glibc's dynamic mmap threshold), with the plan alone (its default 8 GiB budget), and with
+today's defaults (the plan, and the mmap threshold held at 1 MiB: see ``restpg_dspy.memory_plan``).
 
 Run: ``.venv/bin/python benchmarks/long_rows_memory.py [--model local] [--rows 8] [--length 1024] [--steps 2]
 [--cap-gib 20]``. Each variant runs in a fresh child process, one after the other (side by side they would share the
@@ -7,11 +8,12 @@ machine's memory): it loads the model and runs ``--steps`` optimizer steps of ba
 ``lm.finetune`` on rows shaped like LongLaMP's (a long profile prompt, an abstract-length answer of about a quarter
 of the row). A watchdog stops a child whose resident memory passes ``--cap-gib`` (instead of the kernel's
 out-of-memory killer stopping the machine's other work) and reports that it did. Prints each variant's peak resident
-memory, its plan and wall time, and the ratio of the peaks (below 1 is less).
+memory, its plan and wall time, and the ratio of the peaks to the first's (below 1 is less).
 """
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -46,7 +48,7 @@ data = [
                   {"role": "assistant", "content": text(answer_tokens, i + 1)}]}
     for i in range(rows)
 ]
-budget = None if variant == "without plan" else 8.0
+budget = None if variant == "before" else 8.0
 settings = {"per_device_train_batch_size": rows, "max_steps": steps, "max_length": length + 64,
             "memory_budget_gib": budget, "save_steps": 0, "output_dir": tempfile.mkdtemp()}
 start = time.perf_counter()
@@ -68,22 +70,27 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--cap-gib", type=float, default=20.0)
     args = parser.parse_args()
+    # Each variant: does it plan, and does it keep glibc's dynamic mmap threshold?
+    variants = {"before": True, "plan alone": True, "defaults": False}
     results = {}
-    for variant in ("without plan", "with plan"):
+    for variant, dynamic_malloc in variants.items():
+        env = {k: v for k, v in os.environ.items() if k not in ("MALLOC_MMAP_THRESHOLD_", "RESTPG_DSPY_DYNAMIC_MALLOC")}
+        if dynamic_malloc:
+            env["RESTPG_DSPY_DYNAMIC_MALLOC"] = "1"
         started = time.perf_counter()
         command = [sys.executable, "-c", CHILD, variant, args.model]
         command += [str(args.rows), str(args.length), str(args.steps), str(args.cap_gib)]
-        finished = subprocess.run(command, capture_output=True, text=True)
+        finished = subprocess.run(command, capture_output=True, text=True, env=env)
         lines = [line for line in finished.stdout.splitlines() if line.startswith("{")]
         if not lines:
             raise SystemExit(f"{variant}: the child failed (exit {finished.returncode}):\n{finished.stderr[-3000:]}")
         results[variant] = {**json.loads(lines[-1]), "wall_s": round(time.perf_counter() - started, 1)}
-        print(f"{variant:13s} {results[variant]}", flush=True)
-    before, after = results["without plan"], results["with plan"]
-    peak_before = before.get("peak_gib", before.get("stopped_at_gib"))
-    stopped = " (stopped by the cap: at least this)" if "stopped_at_gib" in before else ""
-    print(f"peak resident memory: {peak_before} GiB{stopped} without the plan, {after['peak_gib']} GiB with it")
-    print(f"ratio with / without: {after['peak_gib'] / peak_before:.2f}")
+        print(f"{variant:10s} {results[variant]}", flush=True)
+    first = results["before"].get("peak_gib", results["before"].get("stopped_at_gib"))
+    for variant, result in results.items():
+        peak = result.get("peak_gib", result.get("stopped_at_gib"))
+        stopped = f" (stopped at the {args.cap_gib:g} GiB cap: at least this)" if "stopped_at_gib" in result else ""
+        print(f"peak resident memory, {variant}: {peak} GiB{stopped}; ratio to before: {peak / first:.2f}")
 
 
 if __name__ == "__main__":

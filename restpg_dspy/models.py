@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from restpg_dspy.errors import UsageError
+from restpg_dspy.memory_plan import hold_mmap_threshold
 
 HOME_ENV = "RESTPG_DSPY_HOME"
 EMBEDDED = "local"
@@ -232,6 +233,7 @@ def load_causal_lm(path: Path, dtype: Any, device: str) -> Any:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as err:
         raise ModelLoadError(f"{path} does not hold a transformers model config: {err}") from err
+    hold_mmap_threshold()  # before the weights: freed activations then leave the process (see memory_plan)
     causal = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
     architectures = set(config.architectures or [])
     if (architectures and not architectures & set(causal.values())) or config.model_type not in causal:
