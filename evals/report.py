@@ -36,6 +36,24 @@ def markdown_table(results: dict[str, dict[str, Summary]], metrics: list[str]) -
     return "\n".join(lines)
 
 
+def time_split_table(parts: dict[str, float]) -> str:
+    """A Markdown table of wall seconds per part of a run, each with its share of their total.
+
+    Example:
+        >>> print(time_split_table({"teacher": 30.0, "sft.train": 90.0}))
+        | part | seconds | share |
+        |---|---|---|
+        | teacher | 30.0 | 25.0% |
+        | sft.train | 90.0 | 75.0% |
+        | total | 120.0 | 100.0% |
+    """
+    total = sum(parts.values())
+    lines = ["| part | seconds | share |", "|---|---|---|"]
+    for part, seconds in [*parts.items(), ("total", total)]:
+        lines.append(f"| {part} | {seconds:.1f} | {100 * seconds / total if total else 0.0:.1f}% |")
+    return "\n".join(lines)
+
+
 def interval_errors(stats: list[dict[str, Any]]) -> tuple[Any, Any]:
     """Means and ``(below, above)`` error-bar lengths of summary entries, for matplotlib's ``yerr``."""
     import numpy as np

@@ -1,5 +1,5 @@
-"""The report of a compile run: the reward distribution and keep rate per round, the per-stage history, and the
-reasoning it trained on (the teacher's notes and each round's kept traces).
+"""The report of a compile run: the reward distribution and keep rate per round, the per-stage history, the wall time
+of each part, and the reasoning it trained on (the teacher's notes and each round's kept traces).
 
 Example:
     >>> from restpg_dspy.optimizers.report import report_compile_run
@@ -13,13 +13,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+from restpg_dspy.evals.report import time_split_table
 from restpg_dspy.optimizers.restpg import STAGE_FIELDS
-from restpg_dspy.optimizers.run_dir import read_jsonl
+from restpg_dspy.optimizers.run_dir import TIMINGS, read_jsonl
 
 
 def report_compile_run(run_dir: str | Path) -> list[Path]:
     """Render a compile run: ``rewards.png`` (reward distribution per round), ``keep_rates.png`` and
-    ``report.md`` (the per-stage history). Returns the files written."""
+    ``report.md`` (the per-stage history, and the wall time of each part with its share). Returns the files
+    written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -54,6 +56,9 @@ def report_compile_run(run_dir: str | Path) -> list[Path]:
     present = [c for c in STAGE_FIELDS if any(c in entry for entry in history)]
     lines = [f"# Compile run {run_dir}", "", "| " + " | ".join(present) + " |", "|" + "---|" * len(present)]
     lines += ["| " + " | ".join(str(entry.get(c, "")) for c in present) + " |" for entry in history]
+    timings = run_dir / TIMINGS
+    if timings.exists():
+        lines += ["", "## Wall time per part", "", time_split_table(json.loads(timings.read_text()))]
     (run_dir / "report.md").write_text("\n".join(lines) + "\n")
     return [*written, run_dir / "report.md"]
 

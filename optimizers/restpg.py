@@ -160,9 +160,11 @@ class RESTPG(Teleprompter):
 
         def finish(entry: dict[str, Any], lm: dspy.LM | None) -> None:
             if lm is not None:
-                candidates.append(self._validate(job.program_on(lm), valset, entry, job.run))
+                with job.run.timed(f"{entry['stage']}.validate"):
+                    candidates.append(self._validate(job.program_on(lm), valset, entry, job.run))
                 if on_stage is not None:
-                    on_stage(job.program_on(lm), entry)
+                    with job.run.timed(f"{entry['stage']}.on_stage"):
+                        on_stage(job.program_on(lm), entry)
             history.append(entry)
             self._summary(entry)
 
@@ -175,7 +177,8 @@ class RESTPG(Teleprompter):
                 f"sample all {len(trainset)}"
             )
         # 1. Hindsight reasoning: the teacher explains each real output the SFT stage trains on.
-        reasoning = self._hindsight_reasoning(job, sft_set) if self.config.teacher_reasoning else {}
+        with job.run.timed("teacher"):
+            reasoning = self._hindsight_reasoning(job, sft_set) if self.config.teacher_reasoning else {}
         # 2. SFT on the teacher's reasoning and the real outputs.
         current_lm = job.base
         if self.config.sft:
@@ -185,7 +188,8 @@ class RESTPG(Teleprompter):
         # 3. EM rounds: sample (E), keep the best (selection), fine-tune on them (M).
         for round_number in range(1, self.config.rounds + 1):
             stage = f"round_{round_number}"
-            samples = self._e_step(job, current_lm, trainset, round_number)
+            with job.run.timed(f"{stage}.sample"):
+                samples = self._e_step(job, current_lm, trainset, round_number)
             kept = self._select(samples["samples"])
             job.run.write_jsonl(f"{stage}/kept.jsonl", kept)
             entry = {
@@ -586,8 +590,10 @@ class RESTPG(Teleprompter):
         if start is not job.base:
             kwargs["start_from"] = "adapter"
         self._log(f"{stage}: fine-tuning {start.model} on {len(rows)} rows")
-        training = start.finetune(train_data=rows, train_data_format="chat", train_kwargs=kwargs)
-        tuned = training.result()
+        # An adapter trained again on demand counts here, and also in the part whose request needed it.
+        with job.run.timed(f"{stage}.train"):
+            training = start.finetune(train_data=rows, train_data_format="chat", train_kwargs=kwargs)
+            tuned = training.result()
         if isinstance(tuned, Exception):  # providers that hand the error back instead of raising it
             raise tuned
         return tuned, getattr(training, "log", {}) or {}

@@ -8,20 +8,25 @@ Layout::
     round_<r>/samples.jsonl     every sampled trace with its reward, appended as it completes
     round_<r>/kept.jsonl, round_<r>/rows.jsonl, round_<r>/model.json, round_<r>/metrics.json
     history.json                per-round summary
+    timings.json                wall seconds spent in each stage's parts, added up over resumed runs
     adapters/                   LoRA adapters trained by the local provider
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from restpg_dspy.errors import UsageError
 from restpg_dspy.files import write_atomic
 
+TIMINGS = "timings.json"
 FORMAT = 2  # 2: the reward is recorded by its identity (``metric_identity``), not by its name alone
 
 
@@ -84,6 +89,22 @@ class RunDir:
                 f"run directory {self.path} holds a run with a different configuration ({details}); use a new "
                 "run_dir, or delete this one to start over"
             )
+
+    @contextlib.contextmanager
+    def timed(self, part: str) -> Iterator[None]:
+        """Add the wall time of the block to ``part`` (``"round_1.sample"``, say) in ``timings.json``.
+
+        Times add up over the runs that resume this one, so the file tells what each part cost in all; a part read
+        back from the directory adds almost nothing.
+        """
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            with self._lock:
+                timings = self.read_json(TIMINGS) or {}
+                timings[part] = round(timings.get(part, 0.0) + time.perf_counter() - started, 2)
+                self.write_json(TIMINGS, timings)
 
     def file(self, name: str) -> Path:
         path = self.path / name

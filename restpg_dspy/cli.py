@@ -293,7 +293,8 @@ def run_notes(args: argparse.Namespace) -> None:
 
 
 def run_report(run_dir: str) -> None:
-    from restpg_dspy.evals.report import markdown_table, plot_scores
+    from restpg_dspy.evals.report import markdown_table, plot_scores, time_split_table
+    from restpg_dspy.experiments.table import time_split
     from restpg_dspy.optimizers.report import report_compile_run
 
     path = Path(run_dir)
@@ -310,6 +311,10 @@ def run_report(run_dir: str) -> None:
         for history in sorted(path.glob("*/*/history.json")):
             report_compile_run(history.parent)
             print(f"wrote {history.parent / 'report.md'}")
+        for timings in sorted(path.glob("*/timings.json")):
+            split = time_split_table(time_split(timings.parent))
+            (timings.parent / "timings.md").write_text(split + "\n")
+            print(f"## Wall time per part: {timings.parent.name}\n\n{split}\n")
     else:
         raise UsageError(f"{path} holds neither a compile run (history.json) nor a table run (results.json)")
 

@@ -68,6 +68,8 @@ def test_table_command_prints_the_table(tiny_config, tmp_path, capsys):
         row = f"| {method} | {stats['mean']:.4f} [{stats['ci_low']:.4f}, {stats['ci_high']:.4f}] |"
         assert row in out and row in (run / "table.md").read_text()
     assert main(["report", str(run)]) == 0
+    split = (run / "synthetic" / "timings.md").read_text()
+    assert "| rag: evaluation |" in split and split in capsys.readouterr().out
 
 
 def test_compare_pairs_two_predictions_files_on_seen_and_held_out_wordings(tmp_path, capsys):

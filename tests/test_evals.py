@@ -23,6 +23,7 @@ from restpg_dspy.evals import (
 )
 from restpg_dspy.evals.report import markdown_table, plot_scores
 from restpg_dspy.experiments import TableConfig, resolve_metrics, run_table
+from restpg_dspy.experiments.table import time_split
 from restpg_dspy.optimizers.report import report_compile_run
 from restpg_dspy.programs import RAGWriter
 from restpg_dspy.retrieval import BM25
@@ -350,7 +351,14 @@ def test_table_runner_and_compile_run_report(tiny_model_dir, tmp_path, monkeypat
     assert (tmp_path / "table" / "scores_meteor.png").exists()
     files = report_compile_run(tmp_path / "table" / "synthetic" / "rest-em")
     assert {f.name for f in files} == {"rewards.png", "keep_rates.png", "report.md"}
-    assert "round_1" in (tmp_path / "table" / "synthetic" / "rest-em" / "report.md").read_text()
+    report = (tmp_path / "table" / "synthetic" / "rest-em" / "report.md").read_text()
+    assert "round_1" in report and "## Wall time per part" in report and "| round_1.train |" in report
+    parts = json.loads((tmp_path / "table/synthetic/rest-em/timings.json").read_text())
+    assert {"teacher", "sft.train", "sft.validate", "round_1.sample", "round_1.train", "round_1.validate"} <= set(parts)
+    assert parts["sft.train"] > 0 and parts["round_1.sample"] > 0
+    split = time_split(tmp_path / "table" / "synthetic")
+    assert split["rest-em: round_1.sample"] == parts["round_1.sample"] and split["sft: sft.train"] > 0
+    assert split["no-personalization: evaluation"] > 0 and "no-personalization: compile" not in split
     stored = json.loads((tmp_path / "table" / "results.json").read_text())
     assert stored["rest-em"]["synthetic"]["rouge_l"]["n"] == 6
     paired = json.loads((tmp_path / "table" / "paired.json").read_text())["synthetic"]
@@ -384,6 +392,19 @@ def test_meteor_is_safe_from_many_threads():
     expected = [meteor(*p) for p in pairs]
     with ThreadPoolExecutor(8) as pool:
         assert list(pool.map(lambda p: meteor(*p), pairs)) == expected
+
+
+def test_a_run_directory_adds_up_the_time_of_each_part_over_the_runs_that_resume_it(tmp_path):
+    import time
+
+    from restpg_dspy.optimizers.run_dir import RunDir
+
+    with RunDir(tmp_path, {"rounds": 1}).timed("round_1.sample"):
+        time.sleep(0.2)
+    with pytest.raises(KeyboardInterrupt), RunDir(tmp_path, {"rounds": 1}).timed("round_1.sample"):
+        time.sleep(0.2)
+        raise KeyboardInterrupt  # an interrupted part still counts the time it took
+    assert json.loads((tmp_path / "timings.json").read_text())["round_1.sample"] >= 0.4
 
 
 def test_compile_run_report_skips_a_line_cut_off_by_a_crash(tmp_path):

@@ -29,6 +29,7 @@ import dspy
 from restpg_dspy.errors import UsageError
 from restpg_dspy.experiments import registry
 from restpg_dspy.experiments.config import TableConfig
+from restpg_dspy.optimizers.run_dir import TIMINGS
 
 
 def load_task(spec: str, config: TableConfig) -> tuple[list[dspy.Example], list[dspy.Example]]:
@@ -310,11 +311,13 @@ def run_table(config: TableConfig, only: list[str] | None = None) -> dict[str, d
                 (out / f"{method}.history.json").write_text(json.dumps(program.restpg_history, indent=2))
             compiled_at = time.perf_counter()
             result = evaluate(program, testset, metrics, cache_dir=shared / "cache", num_threads=config.num_threads)
-            # Wall time of this invocation: a resumed or cached stage costs what it cost now, not what it first cost.
-            timings[method] = {
-                "compile_s": round(compiled_at - started, 1),
-                "evaluate_s": round(time.perf_counter() - compiled_at, 1),
-            }
+            # Added up over the invocations that resumed this table (a cached stage adds almost nothing).
+            spent = timings.setdefault(method, {})
+            for part, seconds in (
+                ("compile_s", compiled_at - started),
+                ("evaluate_s", time.perf_counter() - compiled_at),
+            ):
+                spent[part] = round(spent.get(part, 0.0) + seconds, 2)
             timings_file.write_text(json.dumps(timings, indent=2))
             result.to_jsonl(predictions)
             summary = result.summary()
@@ -326,10 +329,9 @@ def run_table(config: TableConfig, only: list[str] | None = None) -> dict[str, d
         if config.round_curves and compiled:
             started = time.perf_counter()
             write_round_curves(sets, compiled, metrics, shared / "cache", out, config.methods, config.num_threads)
-            timings["round_curves"] = {
-                "evaluate_s": round(time.perf_counter() - started, 1),
-                "methods": sorted(compiled),
-            }
+            spent = timings.setdefault("round_curves", {})
+            spent["evaluate_s"] = round(spent.get("evaluate_s", 0.0) + time.perf_counter() - started, 2)
+            spent["methods"] = sorted(compiled)
             timings_file.write_text(json.dumps(timings, indent=2))
         differences[slug] = paired_differences(
             rows, registry.compared_pairs(rows), metric_names, wording_subsets(testset), comparison_units(testset)
@@ -345,3 +347,31 @@ def run_table(config: TableConfig, only: list[str] | None = None) -> dict[str, d
     for name in metric_names:
         plot_scores(results, name, root / f"scores_{name}.png")
     return results
+
+
+def time_split(task_dir: str | Path) -> dict[str, float]:
+    """Wall seconds per part of one task of a table run (``<run_dir>/<task>``), added up over its invocations.
+
+    A compiled method's time is split into its compile run's parts (``timings.json`` there: the teacher, each
+    stage's training, sampling, validation and round-curve scoring), then its evaluation; a method that compiles
+    nothing has its evaluation only.
+    """
+    task_dir = Path(task_dir)
+    timings = _read_json(task_dir / "timings.json") or {}
+    runs = _read_json(task_dir / "compile_runs.json") or {}
+    parts: dict[str, float] = {}
+    for method, spent in timings.items():
+        if method == "round_curves":
+            parts["round curves"] = spent.get("evaluate_s", 0.0)
+            continue
+        compile_parts = _read_json(Path(runs[method], TIMINGS)) if method in runs else None
+        if compile_parts:
+            parts.update({f"{method}: {part}": seconds for part, seconds in compile_parts.items()})
+        elif spent.get("compile_s"):
+            parts[f"{method}: compile"] = spent["compile_s"]
+        parts[f"{method}: evaluation"] = spent.get("evaluate_s", 0.0)
+    return parts
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.exists() else None
