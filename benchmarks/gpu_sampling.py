@@ -4,7 +4,7 @@ Every method decodes the same prompts (random token ids of 64-256 tokens) for ex
 temperature 0.7 on a randomly initialised model of the embedded model's architecture (SmolLM2-135M), so the
 numbers measure decoding machinery, not text. Methods:
 
-- ``engine``: :func:`restpg_dspy.generation.generate` (per-row seeds, rows leave the batch when done);
+- ``engine``: :func:`restpg_dspy.serving.generation.generate` (per-row seeds, rows leave the batch when done);
 - ``generate``: ``model.generate`` on the same left-padded batch (dynamic KV cache), the reference of the ratios;
 - ``generate+static``: ``model.generate`` with a static KV cache, which transformers compiles (CUDA graphs);
 - ``generate_batch``: transformers' continuous batching (paged attention);
@@ -13,7 +13,7 @@ numbers measure decoding machinery, not text. Methods:
 It also splits the engine's time between model forwards and choosing tokens.
 
 Run: ``python benchmarks/gpu_sampling.py --model-dir DIR [--batches 64 256] [--new-tokens 128]`` where DIR holds a
-``config.json`` and tokenizer files (the embedded model's folder under ``restpg_dspy.models.home()`` does).
+``config.json`` and tokenizer files (the embedded model's folder under ``restpg_dspy.serving.models.home()`` does).
 ``--layers 2 --device cpu`` gives a quick smoke run on a CPU.
 """
 
@@ -28,8 +28,8 @@ from collections.abc import Callable
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-from restpg_dspy import generation
-from restpg_dspy.generation import SamplingParams
+from restpg_dspy.serving import generation
+from restpg_dspy.serving.generation import SamplingParams
 
 TEMPERATURE = 0.7
 

@@ -1,6 +1,6 @@
 """Peak resident memory of one LoRA fine-tune on long rows (8 rows of about 1,024 tokens), side by side in one run:
 as before (no memory plan, glibc's dynamic mmap threshold), with the plan alone (its default 8 GiB budget), and with
-today's defaults (the plan, and the mmap threshold held at 1 MiB: see ``restpg_dspy.memory_plan``).
+today's defaults (the plan, and the mmap threshold held at 1 MiB: see ``restpg_dspy.memory``).
 
 Run: ``.venv/bin/python benchmarks/long_rows_memory.py [--model local] [--rows 8] [--length 1024] [--steps 2]
 [--cap-gib 20]``. Each variant runs in a fresh child process, one after the other (side by side they would share the

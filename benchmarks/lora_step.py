@@ -14,8 +14,8 @@ from peft import LoraConfig, get_peft_model
 from side_by_side import median_times, print_ratio
 
 import restpg_dspy
-from restpg_dspy.finetune import assistant_token_losses
-from restpg_dspy.models import load_causal_lm
+from restpg_dspy.serving.models import load_causal_lm
+from restpg_dspy.training.trainer import assistant_token_losses
 
 
 def full_logits_loss(model, inputs, labels):

@@ -12,7 +12,7 @@ import functools
 from side_by_side import median_times, print_ratio
 
 import restpg_dspy
-from restpg_dspy.generation import SamplingParams, generate
+from restpg_dspy.serving.generation import SamplingParams, generate
 
 
 def main() -> None:

@@ -19,11 +19,11 @@ import time
 
 CHILD = r"""
 import gc, json, resource, sys, tempfile
-import restpg_dspy, restpg_dspy.finetune as finetune
+import restpg_dspy, restpg_dspy.training.provider as provider
 
 variant, model, trainings, rows, length = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:6])
 if variant == "untrimmed":
-    finetune.release_memory = gc.collect
+    provider.release_memory = gc.collect
 
 def resident_gib():
     with open("/proc/self/statm") as statm:

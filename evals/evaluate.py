@@ -31,12 +31,12 @@ from typing import Any
 import dspy
 import numpy as np
 
-from restpg_dspy.backends import lm_identity
 from restpg_dspy.concurrency import run_concurrently
 from restpg_dspy.errors import UsageError
 from restpg_dspy.evals.metrics import metric_key, metric_name
 from restpg_dspy.files import write_atomic
 from restpg_dspy.optimizers.traces import predictor_lms, with_lms, without_lms
+from restpg_dspy.serving.backends import lm_identity
 
 Metric = Callable[..., float]
 TRUNCATION = "truncation_rate"

@@ -26,8 +26,8 @@ from typing import Any
 import dspy
 from dspy.lm15 import Config, Message, Request
 
-from restpg_dspy.backends import lm_identity
 from restpg_dspy.evals.metrics import reference_and_response
+from restpg_dspy.serving.backends import lm_identity
 
 RUBRIC = (
     "You grade personalized writing. For one request, compare a generated text with the text the user actually "

@@ -62,7 +62,7 @@ def metric_key(metric: Any) -> str:
 def _jsonable(value: Any) -> Any:
     import dspy
 
-    from restpg_dspy.backends import lm_identity
+    from restpg_dspy.serving.backends import lm_identity
 
     def default(item: Any) -> Any:
         if isinstance(item, dspy.BaseLM):

@@ -76,7 +76,7 @@ class RESTPGConfig:
         default_factory=dict,
         metadata={
             "help": "Fine-tuning settings passed to lm.finetune (for the local provider: "
-            "restpg_dspy.finetune.LoRATrainingConfig); adapters go to <run_dir>/adapters unless set."
+            "restpg_dspy.training.LoRATrainingConfig); adapters go to <run_dir>/adapters unless set."
         },
     )
     sft_train_kwargs: dict[str, Any] | None = field(

@@ -33,10 +33,8 @@ import logging
 import math
 import statistics
 import tempfile
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import dspy
@@ -45,23 +43,20 @@ from tqdm.auto import tqdm
 
 from restpg_dspy.concurrency import run_concurrently
 from restpg_dspy.errors import UsageError
-from restpg_dspy.evals.loops import loops
 from restpg_dspy.evals.metrics import metric_identity
 from restpg_dspy.optimizers.config import RESTPGConfig
+from restpg_dspy.optimizers.e_step import EStep
+from restpg_dspy.optimizers.hindsight import HindsightStage, user_of
+from restpg_dspy.optimizers.m_step import MStep, stage_lm
 from restpg_dspy.optimizers.run_dir import RunDir
 from restpg_dspy.optimizers.traces import (
     Trace,
-    adapter_of,
-    forced,
     output_field,
     predictor_lms,
-    record,
     trace_rows,
     with_lms,
     without_lms,
 )
-from restpg_dspy.programs.signatures import HindsightReasoning
-from restpg_dspy.serving import serving_engine, split_decoding, with_decoding
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +86,7 @@ STAGE_FIELDS = (
 
 
 @dataclass
-class _Job:
+class Job:
     """What every stage of one compile shares."""
 
     template: dspy.Module
@@ -108,7 +103,7 @@ class _Job:
         return with_lms(self.template, lambda _: lm)
 
 
-class RESTPG(Teleprompter):
+class RESTPG(HindsightStage, EStep, MStep, Teleprompter):
     """Train a personalized program's LM with reasoning paths and reward-filtered self-training.
 
     Args:
@@ -170,7 +165,7 @@ class RESTPG(Teleprompter):
 
         sft_set = self._sft_examples(trainset)
         if len(sft_set) < len(trainset):
-            users = sorted({_user(e) for e in sft_set})
+            users = sorted({user_of(e) for e in sft_set})
             job.run.write_json("sft/examples.json", {"users": users, "ids": [e.id for e in sft_set]})
             self._log(
                 f"SFT stage: {len(sft_set)} of {len(trainset)} training examples ({len(users)} users); the E-steps "
@@ -231,7 +226,7 @@ class RESTPG(Teleprompter):
 
     def _prepare(
         self, student: dspy.Module, trainset: list[dspy.Example], teacher: dspy.LM | None, sampler: dspy.LM | None
-    ) -> _Job:
+    ) -> Job:
         """Check the inputs, set the program's budgets and open the run directory."""
         if not trainset:
             raise UsageError("trainset is empty: REST-PG needs training examples")
@@ -279,324 +274,13 @@ class RESTPG(Teleprompter):
         self._log(f"{type(self).__name__} run directory: {run.path}")
         train_kwargs = {"output_dir": str(run.path / "adapters"), **self.config.train_kwargs}
         sft_train_kwargs = {**train_kwargs, **(self.config.sft_train_kwargs or {})}
-        return _Job(template, base, teacher, reasoning_names, run, train_kwargs, sft_train_kwargs, sampling_lm)
-
-    def _sft_examples(self, trainset: list[dspy.Example]) -> list[dspy.Example]:
-        """The training examples of the SFT stage: whole users, a seeded ``sft_fraction`` of them (all without it)."""
-        if self.config.sft_fraction is None:
-            return trainset
-        users = sorted(
-            {_user(e) for e in trainset},
-            key=lambda user: hashlib.sha256(f"{self.config.seed}:{user}".encode()).digest(),
-        )
-        chosen = set(users[: max(1, round(self.config.sft_fraction * len(users)))])
-        return [e for e in trainset if _user(e) in chosen]
-
-    def _sft_rows(self, job: _Job, trainset: list[dspy.Example], reasoning: dict[Any, str]) -> list[dict[str, Any]]:
-        """The program's own prompts with the teacher's notes and the real output as the targets."""
-        rows = []
-        for example in trainset:
-            if self.config.teacher_reasoning and example.id not in reasoning:
-                continue
-            gold = self._gold(example, reasoning, job.reasoning_names)
-            _, trace = forced(job.template, example.inputs().toDict(), gold)
-            rows += trace_rows(job.template, trace)
-        return rows
-
-    def _e_step(
-        self, job: _Job, current_lm: dspy.LM, trainset: list[dspy.Example], round_number: int
-    ) -> dict[str, Any]:
-        """Sample every input with the current model (through the sampler, if any); stop if every sample failed."""
-        round_lm = job.sampling_lm(current_lm) if job.sampling_lm else current_lm
-        samples = self._sample(job.program_on(round_lm), trainset, round_number, job.run)
-        sampled_with = {"sampled_with": _release(round_lm)} if job.sampling_lm else {}
-        failed = [sample for sample in samples if sample.get("reward") is None]
-        if samples and len(failed) == len(samples):
-            raise RuntimeError(
-                f"every sample of round_{round_number} failed (first: {failed[0].get('error')}); the run directory "
-                f"{job.run.path} keeps every finished stage: run the compile again to resume once the cause is fixed"
-            )
-        return {"samples": samples, "sampled_with": sampled_with}
+        return Job(template, base, teacher, reasoning_names, run, train_kwargs, sft_train_kwargs, sampling_lm)
 
     @staticmethod
     def _best(candidates: list[tuple[dspy.Module, dict[str, Any]]], valset: list[dspy.Example] | None) -> dspy.Module:
         """The best validated stage's program (the last stage's without a valset, or when nothing was scored)."""
         scored = [c for c in candidates if c[1].get("val_score") is not None] if valset else []
         return max(scored, key=lambda c: c[1]["val_score"])[0] if scored else candidates[-1][0]
-
-    # --- stage 1: hindsight reasoning --------------------------------------------------------------------------
-
-    def _hindsight_reasoning(self, job: _Job, trainset: list[dspy.Example]) -> dict[str, str]:
-        """The teacher's notes on each training example (resumed from the run directory)."""
-        template, teacher, run, reasoning_names = job.template, job.teacher, job.run, job.reasoning_names
-        # A failure is retried by the next run, unless the SFT stage was already trained without that example.
-        final = run.read_json("sft/model.json") is not None
-        done = {row["id"]: row for row in run.read_jsonl("teacher_reasoning.jsonl") if final or "reasoning" in row}
-        todo = [example for example in trainset if example.id not in done]
-        adapter = adapter_of(template)
-        hindsight = dspy.Predict(HindsightReasoning)
-        hindsight.lm = teacher
-        # The teacher's notes become the reasoning step's target: they get the same budget.
-        budget = getattr(template, "reasoning_max_tokens", None)
-
-        def explain(example: dspy.Example) -> dict[str, Any]:
-            errors = []
-            for attempt in range(self.config.teacher_retries + 1):
-                try:
-
-                    def output_for(name: str, inputs: dict[str, Any], attempt: int = attempt) -> str:
-                        if name not in reasoning_names:
-                            return example[self.config.target_field]
-                        with dspy.context(adapter=adapter):
-                            notes = hindsight(
-                                request=inputs.get("request", ""),
-                                profile=inputs.get("profile", ""),
-                                expected_output=example[self.config.target_field],
-                                config={
-                                    **({"rollout_id": attempt} if attempt else {}),
-                                    **({"max_tokens": budget} if budget else {}),
-                                },
-                            ).reasoning
-                        if not notes or not notes.strip():
-                            raise ValueError("the teacher returned empty reasoning")
-                        return notes.strip()
-
-                    _, trace = forced(template, example.inputs().toDict(), output_for)
-                    field = self.config.reasoning_field
-                    notes = next(c["outputs"][field] for c in trace if field in c["outputs"])
-                    return {"id": example.id, "reasoning": notes, "attempts": attempt + 1}
-                except Exception as err:  # retried, then recorded and skipped: one bad example is not fatal
-                    errors.append(f"{type(err).__name__}: {err}")
-            return {"id": example.id, "error": errors[-1], "attempts": len(errors)}
-
-        for row in self._parallel(
-            explain, todo, "teacher reasoning", lambda row: run.append_jsonl("teacher_reasoning.jsonl", row)
-        ):
-            done[row["id"]] = row
-        reasoning = {i: row["reasoning"] for i, row in done.items() if "reasoning" in row}
-        failed = len(trainset) - len(reasoning)
-        self._log(
-            f"teacher reasoning: {len(reasoning)} examples, {failed} skipped after "
-            f"{self.config.teacher_retries + 1} tries"
-        )
-        if not reasoning:
-            raise RuntimeError(
-                f"the teacher produced no reasoning for any example; see {run.path / 'teacher_reasoning.jsonl'}"
-            )
-        return reasoning
-
-    def _gold(self, example: dspy.Example, reasoning: dict[str, str], reasoning_names: set[str]):
-        """Forced outputs: the teacher's notes for reasoning predictors, the real output for the others."""
-
-        def output_for(name: str, inputs: dict[str, Any]) -> str:
-            return reasoning[example.id] if name in reasoning_names else example[self.config.target_field]
-
-        return output_for
-
-    # --- stage 3: E-step ------------------------------------------------------------------------------------
-
-    def _sample(self, program: dspy.Module, trainset: list[dspy.Example], round_number: int, run: RunDir) -> list[dict]:
-        name = f"round_{round_number}/samples.jsonl"
-        # A failed sample is drawn again by the next run, unless this round's M-step was already trained without it.
-        final = run.read_json(f"round_{round_number}/model.json") is not None
-        done = {
-            (row["id"], row["index"]): row for row in run.read_jsonl(name) if final or row.get("reward") is not None
-        }
-        template = without_lms(program)
-        lms = predictor_lms(program)
-        model = ", ".join(sorted({lm.model for lm in lms.values()}))
-        steps = {
-            name: "reasoning" if output_field(p) == self.config.reasoning_field else "response"
-            for name, p in template.named_predictors()
-        }
-        jobs = [(e, i) for e in trainset for i in range(self.config.samples_per_input) if (e.id, i) not in done]
-
-        def draw(job: tuple[dspy.Example, int]) -> dict[str, Any]:
-            example, index = job
-            seed = _seed(self.config.seed, example.id, round_number, index)
-            copies = {
-                n: lm.copy(temperature=self.config.temperature, top_p=self.config.top_p, seed=seed, rollout_id=seed)
-                for n, lm in lms.items()
-            }
-            row: dict[str, Any] = {"id": example.id, "index": index, "seed": seed, "model": model}
-            try:
-                prediction, trace = record(with_lms(template, copies.__getitem__), example.inputs().toDict())
-            except Exception as err:
-                return {**row, "error": f"program failed: {type(err).__name__}: {err}"}
-            row["trace"] = trace
-            truncated = {
-                steps[name]
-                for name, lm in copies.items()
-                for entry in lm.history
-                if getattr(entry.get("response"), "finish_reason", None) == "length"
-            }
-            row["truncated"] = bool(truncated)
-            row["truncated_steps"] = sorted(truncated)
-            if "reasoning" in steps.values():
-                # Read from the response: a call served from DSPy's cache reports no usage of its own.
-                row["reasoning_tokens"] = sum(
-                    getattr(getattr(entry.get("response"), "usage", None), "output_tokens", None) or 0
-                    for name, lm in copies.items()
-                    if steps[name] == "reasoning"
-                    for entry in lm.history
-                )
-            try:
-                row["reward"] = float(self.metric(example, prediction))
-                if not math.isfinite(row["reward"]):
-                    raise ValueError(f"non-finite reward {row['reward']}")
-            except Exception as err:
-                row["reward"] = None
-                row["error"] = f"metric failed: {type(err).__name__}: {err}"
-            return row
-
-        for row in self._parallel(
-            draw, jobs, f"round {round_number}: sampling", lambda row: run.append_jsonl(name, row)
-        ):
-            done[(row["id"], row["index"])] = row
-        return [done[key] for key in sorted(done, key=lambda k: (str(k[0]), k[1]))]
-
-    @staticmethod
-    def _sampling(sampler: dspy.LM, base: dspy.LM) -> Callable[[dspy.LM], dspy.LM]:
-        """How to sample with a student LM through ``sampler``: its adapter, registered with the sampler's engine."""
-        engine, trainer = serving_engine(sampler), serving_engine(base)
-        if engine is None:
-            raise UsageError(
-                f"the sampler {sampler.model!r} cannot serve the adapters REST-PG trains; use a local engine "
-                "(restpg_dspy.lm('local:...')) on the student's base weights"
-            )
-        if trainer is None or engine.weights_id != trainer.weights_id:
-            raise UsageError(
-                f"the sampler serves {engine.base_id!r} but the student trains {base.model!r}: they must share "
-                "the same base weights"
-            )
-
-        def sampling_lm(lm: dspy.LM) -> dspy.LM:
-            adapter = trainer.adapter_path(lm.model)
-            served = engine.register_adapter(adapter) if adapter else engine.base_id
-            return sampler.copy(model=with_decoding(served, **split_decoding(sampler.model)[1]))
-
-        return sampling_lm
-
-    def _select(self, samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        by_input: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for sample in samples:
-            if sample.get("reward") is not None:
-                by_input[sample["id"]].append({**sample, "score": self._selection_score(sample)})
-        kept = []
-        for rows in by_input.values():
-            rows.sort(key=lambda s: (-s["score"], s["index"]))
-            limit = self.config.max_per_input
-            if self.config.top_fraction is not None:
-                limit = min(limit, max(1, math.floor(self.config.top_fraction * len(rows))))
-            seen: set[str] = set()
-            chosen = []
-            for sample in rows:
-                if self.config.threshold is not None and sample["score"] < self.config.threshold:
-                    break
-                key = _trace_key(sample)
-                if key in seen:  # identical traces would only over-weight one answer
-                    continue
-                seen.add(key)
-                chosen.append(sample)
-                if len(chosen) == limit:
-                    break
-            kept += chosen
-        mean = statistics.fmean(s["score"] for s in kept) if kept else 0.0
-        for sample in kept:
-            sample["weight"] = sample["score"] / mean if self.config.reward_weighted and mean > 0 else 1.0
-        return kept
-
-    def _selection_score(self, sample: dict[str, Any]) -> float:
-        """The reward, lowered for reasoning longer than ``reasoning_length_target`` when a penalty is set."""
-        tokens = sample.get("reasoning_tokens")
-        if not self.config.reasoning_length_penalty or not tokens or tokens <= self.config.reasoning_length_target:
-            return sample["reward"]
-        excess = (tokens - self.config.reasoning_length_target) / self.config.reasoning_length_target
-        return sample["reward"] - self.config.reasoning_length_penalty * excess
-
-    def _round_stats(
-        self, samples: list[dict[str, Any]], kept: list[dict[str, Any]], trainset: list[dspy.Example]
-    ) -> dict[str, Any]:
-        rewards = sorted(s["reward"] for s in samples if s.get("reward") is not None)
-        inputs = {s["id"] for s in samples}
-        kept_inputs = {s["id"] for s in kept}
-
-        def quantile(q: float) -> float:
-            return rewards[min(len(rewards) - 1, int(q * len(rewards)))] if rewards else float("nan")
-
-        def rate(flag: Callable[[dict[str, Any]], bool]) -> float:
-            return round(sum(1 for s in samples if flag(s)) / len(samples), 4) if samples else 0.0
-
-        lengths = [s["reasoning_tokens"] for s in samples if s.get("reasoning_tokens") is not None]
-        traces: dict[str, set[str]] = defaultdict(set)
-        input_rewards: dict[str, set[float]] = defaultdict(set)
-        for sample in samples:
-            if sample.get("reward") is not None:
-                traces[sample["id"]].add(_trace_key(sample))
-                input_rewards[sample["id"]].add(sample["reward"])
-        spread = sum(1 for values in input_rewards.values() if len(values) > 1)
-        option_spread = _option_spread_rate(samples, trainset)
-
-        return {
-            "samples": len(samples),
-            "failed": sum(1 for s in samples if s.get("reward") is None),
-            "reward_mean": round(statistics.fmean(rewards), 4) if rewards else None,
-            "reward_median": round(quantile(0.5), 4) if rewards else None,
-            "reward_p90": round(quantile(0.9), 4) if rewards else None,
-            "kept": len(kept),
-            "keep_rate": round(len(kept) / len(rewards), 4) if rewards else 0.0,
-            "inputs_without_kept": len(inputs - kept_inputs),
-            # 1.0 means every draw of an input was the same trace: nothing for the selection to choose from.
-            "distinct_per_input": round(statistics.fmean(map(len, traces.values())), 2) if traces else None,
-            # The inputs whose draws earned different rewards: the only ones where the selection prefers a trace.
-            "reward_spread_rate": round(spread / len(input_rewards), 4) if input_rewards else None,
-            # Where examples offer options: the inputs whose draws chose differently (ROUGE-L wording alone can
-            # spread the rewards; only a different choice lets the selection prefer the right one).
-            **({"option_spread_rate": option_spread} if option_spread is not None else {}),
-            "truncation_rate": rate(lambda s: s.get("truncated")),
-            # Responses that repeat a clause (restpg_dspy.evals.loops): a high reward is no excuse for a loop.
-            "loop_rate": rate(lambda s: "trace" in s and loops(_final_output(s))),
-            "reasoning_truncation_rate": rate(lambda s: "reasoning" in s.get("truncated_steps", ())),
-            "response_truncation_rate": rate(lambda s: "response" in s.get("truncated_steps", ())),
-            **({"reasoning_tokens_mean": round(statistics.fmean(lengths), 1)} if lengths else {}),
-        }
-
-    # --- M-step ---------------------------------------------------------------------------------------------
-
-    def _fine_tune(self, job: _Job, stage: str, start: dspy.LM, rows: list[dict]) -> dspy.LM:
-        """The M-step (and SFT): fine-tune ``start`` on ``rows``, or restore the model a finished run trained."""
-        run, base = job.run, job.base
-        done = run.read_json(f"{stage}/model.json")
-        if done is None:
-            run.write_jsonl(f"{stage}/rows.jsonl", rows)
-            tuned, log = self._train(job, stage, start, rows)
-            record = {"model": tuned.model, "adapter": log.get("adapter"), "training": log}
-            run.write_json(f"{stage}/model.json", record)
-            return tuned
-        adapter, engine = done.get("adapter"), serving_engine(base)
-        if adapter and not Path(adapter, "adapter_config.json").exists() and engine is not None:
-            # The run directory moved to a machine without its adapters: the stage is trained again on the rows it
-            # recorded, and only if a request needs its weights (a resumed run whose later stages and evaluations
-            # are recorded trains nothing). Training is deterministic: the same rows and settings, the same adapter.
-            def build() -> str:
-                self._log(f"{stage}: the adapter {adapter} is missing; training it again from {stage}/rows.jsonl")
-                return self._train(job, stage, start, run.read_jsonl(f"{stage}/rows.jsonl"))[1]["adapter"]
-
-            engine.defer_adapter(done["model"], build)
-        return _restore_lm(base, done)
-
-    def _train(self, job: _Job, stage: str, start: dspy.LM, rows: list[dict]) -> tuple[dspy.LM, dict[str, Any]]:
-        kwargs = dict(job.sft_train_kwargs if stage == "sft" else job.train_kwargs)
-        if start is not job.base:
-            kwargs["start_from"] = "adapter"
-        self._log(f"{stage}: fine-tuning {start.model} on {len(rows)} rows")
-        # An adapter trained again on demand counts here, and also in the part whose request needed it.
-        with job.run.timed(f"{stage}.train"):
-            training = start.finetune(train_data=rows, train_data_format="chat", train_kwargs=kwargs)
-            tuned = training.result()
-        if isinstance(tuned, Exception):  # providers that hand the error back instead of raising it
-            raise tuned
-        return tuned, getattr(training, "log", {}) or {}
 
     # --- validation, helpers ------------------------------------------------------------------------------
 
@@ -689,79 +373,11 @@ class ReSTEM(RESTPG):
         super().__init__(metric, **{**kwargs, "teacher_reasoning": False})
 
 
-def _trace_key(sample: dict[str, Any]) -> str:
-    """What a sampled trace wrote, at every step: equal keys are the same trace."""
-    return json.dumps([call["outputs"] for call in sample["trace"]], sort_keys=True)
-
-
-def _option_spread_rate(samples: list[dict[str, Any]], trainset: list[dspy.Example]) -> float | None:
-    """The share of inputs whose drawn responses (each trace's last step) name different options (None: the
-    examples offer no options)."""
-    from restpg_dspy.evals.choice import named_options
-
-    options = {e.id: e.get("options") for e in trainset if isinstance(e.get("options"), list)}
-    choices: dict[Any, set[tuple[str, ...]]] = defaultdict(set)
-    for sample in samples:
-        if sample.get("reward") is None or sample["id"] not in options:
-            continue
-        response = _final_output(sample)
-        choices[sample["id"]].add(tuple(named_options(response, options[sample["id"]])))
-    if not choices:
-        return None
-    return round(sum(1 for named in choices.values() if len(named) > 1) / len(choices), 4)
-
-
-def _final_output(sample: dict[str, Any]) -> str:
-    """A sample's response: the output of its trace's last step."""
-    (response,) = sample["trace"][-1]["outputs"].values()
-    return response
-
-
-def _user(example: dspy.Example) -> str:
-    return str(example.get("user_id", example.id))
-
-
 def _single_lm(lms: dict[str, dspy.LM]) -> dspy.LM:
     distinct = {lm.model for lm in lms.values()}
     if len(distinct) > 1:
         raise UsageError(f"REST-PG trains one student LM shared by all predictors; these use several: {lms}")
     return next(iter(lms.values()))
-
-
-def stage_lm(base: dspy.LM, run_dir: str | Path, stage: str) -> dspy.LM:
-    """The LM that a finished stage (``"sft"``, ``"round_1"``, ...) of a compile run in ``run_dir`` trained on
-    ``base``'s weights.
-
-    Raises:
-        UsageError: the stage has not finished in that run directory.
-    """
-    path = Path(run_dir) / stage / "model.json"
-    if not path.is_file():
-        raise UsageError(f"{run_dir} has no finished stage {stage!r} ({path} is missing)")
-    return _restore_lm(base, json.loads(path.read_text()))
-
-
-def _restore_lm(base: dspy.LM, done: dict[str, Any]) -> dspy.LM:
-    engine = serving_engine(base)
-    if engine is not None and done.get("adapter") and not engine.is_deferred(done["model"]):
-        # The id is the adapter's content hash as computed today (a run written by an older hash stays servable).
-        served = engine.register_adapter(done["adapter"])
-        return base.copy(model=with_decoding(served, **split_decoding(base.model)[1]))
-    return base.copy(model=done["model"])
-
-
-def _release(lm: dspy.LM) -> dict[str, Any]:
-    """Unload a round's adapter from the sampler once its samples are drawn; say what it was served as."""
-    engine = serving_engine(lm)
-    served_as = engine.served_name(lm.model)
-    if served_as is not None:
-        engine.unload_adapter(lm.model)
-    return {"model": lm.model, "served_as": served_as}
-
-
-def _seed(seed: int, example_id: Any, round_number: int, index: int) -> int:
-    digest = hashlib.sha256(f"{seed}:{example_id}:{round_number}:{index}".encode()).hexdigest()
-    return int(digest[:8], 16)
 
 
 __all__ = ["RESTPG", "SFT", "ReSTEM", "SFTWithReasoning", "Trace", "stage_lm"]

@@ -17,7 +17,7 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 @pytest.fixture(scope="session")
 def embedded_path() -> Path:
     """The embedded SmolLM2-135M-Instruct as safetensors (converted once per machine)."""
-    from restpg_dspy.models import embedded_model_path
+    from restpg_dspy.serving.models import embedded_model_path
 
     return embedded_model_path()
 
@@ -65,7 +65,7 @@ def save_random_adapter(model_dir: Path, path: Path, seed: int) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_engine(tiny_model_dir):
-    from restpg_dspy.engine import LocalEngine
+    from restpg_dspy.serving.engine import LocalEngine
 
     return LocalEngine.shared(str(tiny_model_dir), batch_window_ms=50.0, default_max_tokens=16)
 

@@ -1,15 +1,17 @@
+import json
 import logging
 import re
 import shutil
 import threading
 import uuid
+from pathlib import Path
 
 import dspy
 import pytest
 from dspy.lm15 import Config, Message, Request
 
 import restpg_dspy
-from restpg_dspy.engine import LocalEngine
+from restpg_dspy.serving.engine import LocalEngine
 from tests.conftest import save_random_adapter
 
 
@@ -150,6 +152,58 @@ def test_a_deferred_adapter_is_made_on_the_first_request_that_needs_it(tiny_engi
             tiny_engine.adapter_path(wanted)
     finally:
         tiny_engine.unload_adapter(model_id)
+
+
+def test_an_adapter_id_depends_on_its_content_not_on_where_the_base_model_lay(tiny_model_dir, tmp_path):
+    import shutil
+
+    from restpg_dspy.serving import adapter_hash
+
+    here = save_random_adapter(tiny_model_dir, tmp_path / "here", seed=5)
+    elsewhere = Path(shutil.copytree(here, tmp_path / "elsewhere"))
+    config = json.loads((elsewhere / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = "/another/home/models/the-same-base"
+    (elsewhere / "adapter_config.json").write_text(json.dumps(config))
+    assert adapter_hash(here) == adapter_hash(elsewhere)
+    assert adapter_hash(here, with_base_path=True) != adapter_hash(elsewhere, with_base_path=True)
+    other = save_random_adapter(tiny_model_dir, tmp_path / "other", seed=6)
+    assert adapter_hash(other) != adapter_hash(here)  # the weights still count
+
+
+def test_a_run_recorded_under_the_earlier_adapter_hash_still_makes_its_deferred_adapter(
+    tiny_engine, tiny_lm, tiny_model_dir, tmp_path
+):
+    from restpg_dspy.serving import adapter_hash
+
+    made = save_random_adapter(tiny_model_dir, tmp_path / "made", seed=7)
+    recorded = f"{tiny_engine.base_id}+lora-{adapter_hash(made, with_base_path=True)}"
+    tiny_engine.defer_adapter(recorded, lambda: made)
+    try:
+        assert tiny_lm.copy(model=recorded, temperature=0.0)("hi")[0] is not None
+        assert tiny_engine.adapter_path(recorded) == made.resolve() and not tiny_engine.is_deferred(recorded)
+    finally:
+        tiny_engine.unload_adapter(recorded)
+        tiny_engine.unload_adapter(f"{tiny_engine.base_id}+lora-{adapter_hash(made)}")
+
+
+def test_serve_on_moves_a_program_with_its_adapter_to_another_engine_on_the_same_weights(
+    tiny_engine, tiny_lm, tiny_model_dir, tmp_path
+):
+    from restpg_dspy.errors import UsageError
+
+    adapter = save_random_adapter(tiny_model_dir, tmp_path / "a", seed=8)
+    program = dspy.Predict("question -> answer")
+    program.lm = tiny_lm.copy(model=tiny_engine.register_adapter(adapter), temperature=0.0)
+    server = restpg_dspy.lm(f"local:{tiny_model_dir}", batch_window_ms=5.0, default_max_tokens=16, max_tokens=16)
+    assert server.engine is not tiny_engine
+    served = restpg_dspy.serve_on(program, server.copy(temperature=0.0))
+    assert served.lm.engine is server.engine and served.lm.model == program.lm.model  # same weights, same id
+    assert server.engine.adapter_path(served.lm.model) == adapter.resolve() and program.lm.engine is tiny_engine
+    assert served.lm("hi") == program.lm("hi") != tiny_lm.copy(temperature=0.0)("hi")
+    with pytest.raises(UsageError, match="cannot serve the adapters restpg-dspy trains"):
+        restpg_dspy.serve_on(program, dspy.LM("openai/gpt-4o-mini"))
+    with pytest.raises(UsageError, match="must share the same base weights"):
+        restpg_dspy.serve_on(program, restpg_dspy.lm("local"))
 
 
 def test_api_backends_pass_through_to_dspy():

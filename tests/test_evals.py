@@ -323,11 +323,11 @@ def test_markdown_table_and_plots(tmp_path):
 
 
 def test_table_runner_and_compile_run_report(tiny_model_dir, tmp_path, monkeypatch):
-    import restpg_dspy.finetune as finetune
+    import restpg_dspy.training.trainer as trainer
 
     trainings = []
-    fit = finetune.fit
-    monkeypatch.setattr(finetune, "fit", lambda job, tokenizer=None: trainings.append(job) or fit(job, tokenizer))
+    fit = trainer.fit
+    monkeypatch.setattr(trainer, "fit", lambda job, tokenizer=None: trainings.append(job) or fit(job, tokenizer))
     config = TableConfig(
         run_dir=str(tmp_path / "table"),
         student=f"local:{tiny_model_dir}",

@@ -4,17 +4,17 @@ import json
 
 import pytest
 
-from restpg_dspy import finetune
 from restpg_dspy.experiments import TableConfig, run_table
 from restpg_dspy.experiments.calibration import calibrate, choose_best_on_val, choose_room
 from restpg_dspy.experiments.table import compile_dir, teacher_lm
+from restpg_dspy.training import trainer
 
 
 @pytest.fixture
 def count_trainings(monkeypatch):
     trainings = []
-    fit = finetune.fit
-    monkeypatch.setattr(finetune, "fit", lambda job, tokenizer=None: trainings.append(job) or fit(job, tokenizer))
+    fit = trainer.fit
+    monkeypatch.setattr(trainer, "fit", lambda job, tokenizer=None: trainings.append(job) or fit(job, tokenizer))
     return trainings
 
 

@@ -9,8 +9,9 @@ import torch
 from safetensors.torch import load_file
 
 from restpg_dspy.errors import UsageError
-from restpg_dspy.finetune import LoRATrainingConfig, NonFiniteLossError, _trainer_classes, assistant_token_losses
-from restpg_dspy.training_data import TrainingDataError
+from restpg_dspy.training import LoRATrainingConfig, NonFiniteLossError, assistant_token_losses
+from restpg_dspy.training.data import TrainingDataError
+from restpg_dspy.training.trainer import trainer_classes
 
 TARGET = "blue whale"
 
@@ -48,7 +49,7 @@ def test_training_changes_weights_and_behaviour(tiny_lm, tmp_path):
 
 
 def test_the_same_training_run_again_is_served_its_published_adapter(tiny_lm, tmp_path, monkeypatch):
-    import restpg_dspy.finetune as finetune
+    import restpg_dspy.training.trainer as trainer
 
     rows = [chat("Largest animal?"), chat("Fastest bird?", "peregrine falcon")]
     first, tuned = train(tiny_lm, rows, tmp_path, max_steps=3)
@@ -58,7 +59,7 @@ def test_the_same_training_run_again_is_served_its_published_adapter(tiny_lm, tm
         fits.append(job)
         raise AssertionError("trained again")
 
-    monkeypatch.setattr(finetune, "fit", no_training)
+    monkeypatch.setattr(trainer, "fit", no_training)
     again, served = train(tiny_lm, rows, tmp_path, max_steps=3)
     assert served.model == tuned.model and again.log == first.log and fits == []
 
@@ -71,7 +72,7 @@ def test_the_same_training_run_again_is_served_its_published_adapter(tiny_lm, tm
 
 
 def test_a_job_is_the_same_wherever_it_publishes_and_another_on_new_base_weights():
-    from restpg_dspy.finetune import TrainingJobSpec
+    from restpg_dspy.training import TrainingJobSpec
 
     def job(output_dir, fingerprint):
         config = LoRATrainingConfig.from_kwargs({"output_dir": output_dir, "max_steps": 3})
@@ -101,7 +102,7 @@ def reference_setup(tiny_model_dir, tmp_path, accumulation):
     config.lora_args = {"init_lora_weights": False}  # B != 0: every LoRA weight gets a gradient
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), config.lora_config())
     reference = copy.deepcopy(model)
-    trainer_class, _ = _trainer_classes()
+    trainer_class, _ = trainer_classes()
     trainer = trainer_class(
         model=model,
         args=config.sft_config(tmp_path / "trainer", use_cpu=True, bf16=False),
@@ -241,7 +242,7 @@ def test_non_finite_loss_publishes_nothing(tiny_lm, tmp_path):
 
 
 def test_an_interrupted_training_resumes_from_its_checkpoint_to_the_same_adapter(tiny_lm, tmp_path, monkeypatch):
-    import restpg_dspy.finetune as finetune
+    import restpg_dspy.training.trainer as trainer
 
     rows = [chat("Largest animal?"), chat("Fastest bird?", "peregrine falcon"), chat("Tallest tree?", "redwood")]
     settings = {"max_steps": 6, "save_steps": 2, "per_device_train_batch_size": 2}  # dropout on: random states matter
@@ -249,7 +250,7 @@ def test_an_interrupted_training_resumes_from_its_checkpoint_to_the_same_adapter
     published = [p for p in (tmp_path / "whole" / "adapters").iterdir() if not p.name.startswith(".trained-")]
     assert whole.log["resumed_at_step"] == 0 and published == [Path(whole.log["adapter"])]  # no checkpoints are left
 
-    trainer_class, progress_bar = finetune._trainer_classes()
+    trainer_class, progress_bar = trainer.trainer_classes()
 
     class Killed(Exception):
         pass
@@ -261,7 +262,7 @@ def test_an_interrupted_training_resumes_from_its_checkpoint_to_the_same_adapter
             return super().on_step_end(args, state, control, **kwargs)
 
     with monkeypatch.context() as patched:
-        patched.setattr(finetune, "_trainer_classes", lambda: (trainer_class, Interrupt))
+        patched.setattr(trainer, "trainer_classes", lambda: (trainer_class, Interrupt))
         with pytest.raises(Killed):
             train(tiny_lm, rows, tmp_path / "cut", **settings)
     (kept,) = (tmp_path / "cut" / "adapters").glob(".checkpoints-*")
@@ -350,8 +351,8 @@ def test_an_accelerate_config_that_asks_for_the_cpu_trains_there_whatever_the_mo
 def budget_between(tiny_engine, rows, low_rows):
     """A budget that fits ``low_rows`` rows per pass with checkpointing, but neither one more row nor the whole
     batch without it (the plan's own estimate, on the rows as the training tokenizes them)."""
-    from restpg_dspy.memory_plan import estimate_gib
-    from restpg_dspy.training_data import tokenize_rows
+    from restpg_dspy.training.data import tokenize_rows
+    from restpg_dspy.training.memory_plan import estimate_gib
 
     loaded = tiny_engine.loaded
     tokenized, _ = tokenize_rows(loaded.tokenizer, rows, 1024)
@@ -393,7 +394,7 @@ def test_a_training_that_cannot_fit_is_refused_before_it_starts(tiny_lm, tmp_pat
 def test_the_plan_checkpoints_before_it_splits_the_batch():
     from types import SimpleNamespace
 
-    from restpg_dspy.memory_plan import plan_memory
+    from restpg_dspy.training.memory_plan import plan_memory
 
     smol = SimpleNamespace(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, vocab_size=49152)
     plan = {"parameters": 135e6, "batch_size": 8, "trained_tokens": 300}

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from restpg_dspy.generation import SamplingParams, _choose_tokens, counter_uniforms, generate
-from restpg_dspy.models import load_model
+from restpg_dspy.serving.generation import SamplingParams, _choose_tokens, counter_uniforms, generate
+from restpg_dspy.serving.models import load_model
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +195,7 @@ def test_a_controlled_row_leaves_the_other_rows_of_its_batch_alone(tiny):
 
 
 def test_repetition_controls_follow_their_definitions():
-    from restpg_dspy.generation import _control_repetition
+    from restpg_dspy.serving.generation import _control_repetition
 
     logits = torch.tensor([[2.0, -2.0, 1.0, 0.5]])
     prompt_and_completion, completion = {0, 1}, [2, 2, 3]

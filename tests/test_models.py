@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from restpg_dspy.memory_plan import DYNAMIC_MALLOC_ENV
-from restpg_dspy.models import ModelLoadError, load_model, model_fingerprint, resolve_dtype, resolve_model_path
+from restpg_dspy.memory import DYNAMIC_MALLOC_ENV
+from restpg_dspy.serving.models import ModelLoadError, load_model, model_fingerprint, resolve_dtype, resolve_model_path
 
 
 def test_missing_local_path_is_named(tmp_path):
@@ -68,7 +68,7 @@ import ctypes, resource, sys
 from pathlib import Path
 
 if sys.argv[1] == "load":
-    from restpg_dspy.models import load_causal_lm
+    from restpg_dspy.serving.models import load_causal_lm
 
     load_causal_lm(Path(sys.argv[2]), None, "cpu")
 libc = ctypes.CDLL("libc.so.6")

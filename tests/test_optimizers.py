@@ -248,7 +248,7 @@ def test_a_run_directory_without_its_adapters_trains_again_only_the_stages_a_req
 
     from dspy.clients.cache import Cache
 
-    from restpg_dspy import finetune
+    from restpg_dspy.training import trainer
 
     def empty_cache():  # a new machine's: nothing answered before
         empty = Cache(enable_disk_cache=False, enable_memory_cache=True, disk_cache_dir=None)
@@ -259,8 +259,8 @@ def test_a_run_directory_without_its_adapters_trains_again_only_the_stages_a_req
     run = tmp_path / "run"
     samples = (run / "round_1" / "samples.jsonl").read_text()
     trainings = []
-    fit = finetune.fit
-    monkeypatch.setattr(finetune, "fit", lambda job, tokenizer=None: trainings.append(job) or fit(job, tokenizer))
+    fit = trainer.fit
+    monkeypatch.setattr(trainer, "fit", lambda job, tokenizer=None: trainings.append(job) or fit(job, tokenizer))
 
     # A new machine: the run directory's files came along, its adapters did not. Every stage is recorded, so the
     # resumed compile trains nothing; the last stage is trained again, from its rows, when a request needs it.
@@ -538,5 +538,5 @@ def test_a_sampler_that_goes_down_stops_the_round_and_the_next_run_resumes(
 
 
 def test_a_sampler_that_cannot_serve_adapters_is_refused(writer, trainset, tmp_path):
-    with pytest.raises(ValueError, match="cannot serve the adapters REST-PG trains"):
+    with pytest.raises(ValueError, match="cannot serve the adapters restpg-dspy trains"):
         optimizer(tmp_path).compile(writer, trainset=trainset, sampler=dspy.LM("openai/gpt-4o-mini"))

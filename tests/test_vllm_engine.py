@@ -7,6 +7,7 @@ import json
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
+import dspy
 import pytest
 
 import restpg_dspy
@@ -24,7 +25,7 @@ PROMPTS = [
 
 
 def test_a_missing_vllm_names_the_extra_to_install(monkeypatch):
-    from restpg_dspy.vllm_engine import import_vllm
+    from restpg_dspy.serving.vllm_engine import import_vllm
 
     monkeypatch.setitem(sys.modules, "vllm", None)  # what an environment without vLLM imports
     with pytest.raises(UsageError, match=r"restpg-dspy\[vllm\]"):
@@ -32,7 +33,7 @@ def test_a_missing_vllm_names_the_extra_to_install(monkeypatch):
 
 
 def test_a_kv_cache_size_that_is_not_whole_gib_is_refused():
-    from restpg_dspy.vllm_engine import VLLMEngine
+    from restpg_dspy.serving.vllm_engine import VLLMEngine
 
     with pytest.raises(UsageError, match=r"kv_cache_gib must be a whole number of GiB.*0\.5"):
         VLLMEngine("local", kv_cache_gib=0.5)
@@ -79,6 +80,20 @@ def test_greedy_outputs_with_a_trained_adapter_equal_the_local_engines(vllm_lm, 
     assert answer == tuned(PROBE)[0]
     for prompt in PROMPTS[:2]:
         assert served(prompt) == tuned(prompt), prompt
+
+
+def test_a_program_compiled_on_the_local_engine_is_served_by_vllm_in_one_call(vllm_lm, local_lm, password_adapter):
+    program = dspy.Predict("question -> answer")
+    program.lm = local_lm.copy(model=local_lm.engine.register_adapter(password_adapter))
+    served = restpg_dspy.serve_on(program, vllm_lm)
+    adapter_id = program.lm.model.rsplit("+lora-", 1)[1]
+    assert (
+        served.lm.model.startswith("vllm/")
+        and served.lm.model.endswith(adapter_id)
+        and served.lm.engine is vllm_lm.engine
+    )
+    assert served.lm(PROBE) == program.lm(PROBE) and PASSWORD in served.lm(PROBE)[0]
+    assert program.lm.model.startswith("local/")  # the compiled program itself is untouched
 
 
 def test_sampling_follows_seeds_temperature_stop_and_budget(vllm_lm):

@@ -96,7 +96,7 @@ class TableConfig:
         metadata=_help("Settings of the optimizers (fields of RESTPGConfig: rounds, samples_per_input, ...)."),
     )
     train_kwargs: dict[str, Any] = field(
-        default_factory=dict, metadata=_help("Fine-tuning settings (see restpg_dspy.finetune.LoRATrainingConfig).")
+        default_factory=dict, metadata=_help("Fine-tuning settings (see restpg_dspy.training.LoRATrainingConfig).")
     )
     overrides: dict[str, dict[str, Any]] = field(
         default_factory=dict,

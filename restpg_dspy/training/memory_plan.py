@@ -15,12 +15,6 @@ a training under its budget without changing what it computes:
 
 and refuses, before any training, a job that does not fit even one row at a time, naming what to change.
 
-The estimate holds only if memory that PyTorch frees goes back to the system. On Linux, glibc's allocator raises its
-``mmap`` threshold to the size of each large block freed, so the next tensors of that size come from the heap, whose
-freed holes the process keeps: one training step of 4 rows of 1,088 tokens with checkpointing peaked at 7.2 GiB
-resident that way, and at 2.1 GiB with the threshold held at 1 MiB (same speed). :func:`hold_mmap_threshold` holds it
-for the process; every local model load calls it.
-
 The
 estimate counts the process (its libraries and the served copy of the base weights), a private training copy of the
 weights, the optimizer's state, the activations of the longest rows and their logits at trained positions. It
@@ -37,42 +31,15 @@ Example:
 
 from __future__ import annotations
 
-import ctypes
-import functools
-import os
 from dataclasses import dataclass
 from typing import Any
 
 from restpg_dspy.errors import UsageError
 
 GIB = 2**30
-MMAP_THRESHOLD_BYTES = 1 << 20  # blocks from 1 MiB up (activations, logits, caches) are mapped and unmapped
-_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
-DYNAMIC_MALLOC_ENV = "RESTPG_DSPY_DYNAMIC_MALLOC"
 PROCESS_GIB = 1.5  # the interpreter and its libraries (torch, transformers, DSPy), measured at about 1.2 GiB
 FLOAT_BYTES = 4  # activations and logits of a float32 training on a CPU
 LOGIT_COPIES = 3  # the logits, their float32 softmax and its gradient
-
-
-@functools.cache
-def hold_mmap_threshold() -> bool:
-    """Make glibc map every block of 1 MiB or more and unmap it when freed, for the rest of the process.
-
-    Without it, the process keeps (as heap it never returns) the memory of the largest tensors it freed, and a
-    CPU training's resident memory grows far past what it uses at once (see the module docs). A user's own
-    ``MALLOC_MMAP_THRESHOLD_`` is left alone, as is glibc's dynamic threshold when ``RESTPG_DSPY_DYNAMIC_MALLOC`` is
-    set; other C libraries (macOS, musl) are not touched.
-
-    Returns:
-        Whether the threshold is now held by this call.
-    """
-    if os.environ.get("MALLOC_MMAP_THRESHOLD_") or os.environ.get(DYNAMIC_MALLOC_ENV):
-        return False
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
-    return mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ Calls that arrive within a short window are coalesced into one batched generatio
 
 Example:
     >>> import dspy
-    >>> from restpg_dspy.engine import LocalEngine
+    >>> from restpg_dspy.serving.engine import LocalEngine
     >>> engine = LocalEngine.shared("local")  # doctest: +SKIP
     >>> lm = dspy.LM(engine.base_id, engine=engine, temperature=0.0)  # doctest: +SKIP
     >>> lm("What is the capital of France? Answer with one word.")  # doctest: +SKIP
@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from restpg_dspy.errors import UsageError
-from restpg_dspy.generation import generate
-from restpg_dspy.models import LoadedModel, load_model
-from restpg_dspy.serving import Job, QueuedEngine, adapter_hash
+from restpg_dspy.serving.generation import generate
+from restpg_dspy.serving.model_ids import adapter_hash
+from restpg_dspy.serving.models import LoadedModel, load_model
+from restpg_dspy.serving.queue import Job, QueuedEngine
 
 
 class _AdapterHost:

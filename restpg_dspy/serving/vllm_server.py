@@ -29,9 +29,9 @@ import httpx
 from dspy.lm15 import InvalidRequestError, ServerError, TransportError
 
 from restpg_dspy.errors import UsageError
-from restpg_dspy.generation import Completion, TokenScore
-from restpg_dspy.serving import Job
-from restpg_dspy.vllm_engine import VLLMBackend
+from restpg_dspy.serving.generation import Completion, TokenScore
+from restpg_dspy.serving.queue import Job
+from restpg_dspy.serving.vllm_engine import VLLMBackend
 
 _TOKEN_ID = "token_id:"
 

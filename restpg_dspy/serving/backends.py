@@ -17,10 +17,11 @@ from typing import Any
 
 import dspy
 
-from restpg_dspy.engine import LocalEngine
 from restpg_dspy.errors import UsageError
-from restpg_dspy.finetune import PEFTProvider
-from restpg_dspy.serving import MODEL_ID_SETTINGS, serving_engine, with_decoding
+from restpg_dspy.serving.engine import LocalEngine
+from restpg_dspy.serving.model_ids import MODEL_ID_SETTINGS, with_decoding
+from restpg_dspy.serving.protocol import serving_engine
+from restpg_dspy.training.provider import PEFTProvider
 
 LOCAL_PREFIX = "local:"
 VLLM_PREFIX = "vllm:"
@@ -60,14 +61,14 @@ def lm(
     Args:
         spec: ``"local"`` serves the embedded SmolLM2-135M-Instruct; ``"local:<folder or hf id>"`` serves any
             causal LM with a chat template (trainable with LoRA through ``lm.finetune``); ``"vllm:<folder, hf id or
-            'local'>"`` samples through vLLM in this process (:class:`~restpg_dspy.vllm_engine.VLLMEngine`);
+            'local'>"`` samples through vLLM in this process (:class:`~restpg_dspy.serving.vllm_engine.VLLMEngine`);
             ``"vllm-server:<url>"`` through a running ``vllm serve`` (pass ``model=`` the folder it serves,
-            :class:`~restpg_dspy.vllm_server.VLLMServerEngine`); ``"oracle"`` (or ``"oracle:<noise>"``) is the oracle
-            teacher of the ``implicit_choice`` task (:func:`restpg_dspy.data.oracle_teacher`; ``seed=`` picks its
-            noisy notes), standing in for a large teacher LM offline; ``"evidence"`` the evidence teacher for any
-            task with a profile (:func:`restpg_dspy.data.evidence_teacher`), another offline stand-in; anything else
-            is passed to ``dspy.LM`` (LiteLLM / native providers), e.g. ``"openai/gpt-4o-mini"``. vLLM backends
-            sample but do not train: pass them to REST-PG as ``sampler=``.
+            :class:`~restpg_dspy.serving.vllm_server.VLLMServerEngine`); ``"oracle"`` (or ``"oracle:<noise>"``) is the
+            oracle teacher of the ``implicit_choice`` task (:func:`restpg_dspy.data.oracle_teacher`; ``seed=`` picks its
+            noisy notes), standing in for a large teacher LM offline; ``"evidence"`` the evidence teacher for any task
+            with a profile (:func:`restpg_dspy.data.evidence_teacher`), another offline stand-in; anything else is
+            passed to ``dspy.LM`` (LiteLLM / native providers), e.g. ``"openai/gpt-4o-mini"``. vLLM backends sample but
+            do not train: pass them to REST-PG as ``sampler=``.
         temperature: Default sampling temperature.
         max_tokens: Default token budget per completion (long-form tasks such as LongLaMP abstracts may want 512).
         adapter: For backends that serve adapters, the folder of a saved LoRA adapter to serve on the base model.
@@ -93,13 +94,13 @@ def lm(
 
         return evidence_teacher()
     if spec.startswith(VLLM_SERVER_PREFIX):
-        from restpg_dspy.vllm_server import VLLMServerEngine
+        from restpg_dspy.serving.vllm_server import VLLMServerEngine
 
         url = spec.removeprefix(VLLM_SERVER_PREFIX)
         engine = VLLMServerEngine.shared(url, **_engine_settings(VLLMServerEngine, kwargs))
         extra = {}
     elif spec.startswith(VLLM_PREFIX):
-        from restpg_dspy.vllm_engine import VLLMEngine
+        from restpg_dspy.serving.vllm_engine import VLLMEngine
 
         engine = VLLMEngine.shared(spec.removeprefix(VLLM_PREFIX) or "local", **_engine_settings(VLLMEngine, kwargs))
         extra = {}

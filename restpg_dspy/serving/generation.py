@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from restpg_dspy.models import accepts_logits_to_keep
+from restpg_dspy.serving.models import accepts_logits_to_keep
 
 
 @dataclass(frozen=True)
