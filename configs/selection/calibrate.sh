@@ -2,6 +2,10 @@
 # The calibration of the selection experiment, in the pre-registered order (train and val splits only). Each step
 # records its trials in configs/selection/calibration.json and skips what is recorded there, so this resumes anywhere:
 #   nohup configs/selection/calibrate.sh > runs/selection/calibrate.log 2>&1 &
+# It runs on the code of commit c093c74, the last whose adapter ids cover the base model's path as the calibration's
+# recorded ids do (later code would name re-registered adapters anew and miss the evaluation cache):
+#   git worktree add ../selection-code c093c74, make setup there, link its runs/ to this checkout's runs/, run this
+#   script there, and copy its configs/selection/{calibration.json,results} back here to commit them.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export LITELLM_LOCAL_MODEL_COST_MAP=True HF_HUB_OFFLINE=1

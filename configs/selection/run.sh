@@ -6,6 +6,10 @@
 # On another machine, unpack the compile runs' state and the evaluation cache first (tar xzf configs/selection/
 # state.tgz): nothing recorded is sampled or scored again, and a finished stage whose adapter is missing is trained
 # again from its recorded rows only if something still needs its weights.
+# It runs on the code of commit c093c74, the last whose adapter ids cover the base model's path as the calibration's
+# recorded ids do (later code would name re-registered adapters anew and miss the evaluation cache):
+#   git worktree add ../selection-code c093c74, make setup there, link its runs/ to this checkout's runs/, run this
+#   script there, and copy its configs/selection/{calibration.json,results} back here to commit them.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export LITELLM_LOCAL_MODEL_COST_MAP=True HF_HUB_OFFLINE=1
