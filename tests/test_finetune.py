@@ -359,7 +359,7 @@ def budget_between(tiny_engine, rows, low_rows):
     longest = max(len(r.input_ids) for r in tokenized)
     first = min(next(i for i, label in enumerate(r.labels) if label != -100) for r in tokenized)
     settings = {
-        "parameters": sum(p.numel() for p in loaded.model.parameters()),
+        "parameters": sum(p.numel() for name, p in loaded.model.named_parameters() if "lora_" not in name),
         "longest_row": longest,
         "trained_tokens": longest - first,
     }
@@ -381,6 +381,23 @@ def test_micro_batches_train_like_the_whole_batch_within_float_tolerance(tiny_lm
     assert split.log["losses"] == pytest.approx(whole.log["losses"], rel=1e-4)
     first, second = (load_file(f"{job.log['adapter']}/adapter_model.safetensors") for job in (whole, split))
     assert all(torch.allclose(first[name], second[name], atol=1e-5) for name in first)
+
+
+def test_a_planned_job_is_the_same_job_whether_or_not_the_served_model_carries_adapters(
+    tiny_lm, tiny_engine, tiny_model_dir, tmp_path
+):
+    from tests.conftest import save_random_adapter
+
+    rows = [chat(q, a) for q, a in [("Largest animal?", "blue whale"), ("Fastest bird?", "peregrine falcon")] * 2]
+    common = {"max_steps": 2, "r": 4, "per_device_train_batch_size": 4}
+    budget = budget_between(tiny_engine, rows, low_rows=2)
+    first, _ = train(tiny_lm, rows, tmp_path, memory_budget_gib=budget, **common)
+    served = save_random_adapter(tiny_model_dir, tmp_path / "served", seed=9)
+    tiny_lm.copy(model=tiny_engine.register_adapter(served))("hi")  # serving it injects LoRA layers
+    assert any("lora_" in name for name, _ in tiny_engine.loaded.model.named_parameters())
+    again, _ = train(tiny_lm, rows, tmp_path, memory_budget_gib=budget, **common)
+    assert again.log == first.log  # the same plan and key: served the adapter trained first, not trained again
+    assert len(list((tmp_path / "adapters").glob(".trained-*"))) == 1
 
 
 def test_a_training_that_cannot_fit_is_refused_before_it_starts(tiny_lm, tmp_path):

@@ -132,7 +132,8 @@ def _memory_plan(loaded: Any, rows: list[Any], config: LoRATrainingConfig) -> di
     longest = max(len(r.input_ids) for r in rows)
     plan = plan_memory(
         loaded.model.config,
-        parameters=sum(p.numel() for p in loaded.model.parameters()),
+        # The base weights alone: serving an adapter injects LoRA layers into the served model.
+        parameters=sum(p.numel() for name, p in loaded.model.named_parameters() if "lora_" not in name),
         batch_size=config.per_device_train_batch_size,
         longest_row=longest,
         trained_tokens=longest - min(firsts),  # logits are kept at every position some row of a batch trains

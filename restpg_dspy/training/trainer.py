@@ -161,6 +161,8 @@ class TrainingJobSpec:
         identity["config"].pop("memory_budget_gib")  # the plan it leads to is what counts
         if identity["plan"] is None:
             identity.pop("plan")
+        else:  # how the batch is computed counts, not the estimate that chose it
+            identity["plan"].pop("estimated_gib", None)
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
     def save(self, path: Path) -> None:
