@@ -1,6 +1,10 @@
 """Shared fixtures: the embedded model, a tiny randomly-initialised chat model, and the shared LongLaMP sample."""
 
+import atexit
 import os
+import shutil
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -9,6 +13,14 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # No test reaches the Hugging Face hub; offline, vLLM skips its hub look-ups (which time out on a machine without it).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# DSPy caches LM answers on disk across processes. Adapter ids name their weights only, so a suite run after another
+# would be answered from the first run's cache and never reach the engine it tests: each run gets its own cache
+# (also for the processes the tests start).
+_DSPY_CACHE = tempfile.mkdtemp(prefix="restpg-dspy-tests-dspy-cache-")
+os.environ["DSPY_CACHEDIR"] = _DSPY_CACHE
+atexit.register(shutil.rmtree, _DSPY_CACHE, ignore_errors=True)
+if "dspy" in sys.modules:  # imported before this file: point its cache here too
+    sys.modules["dspy"].configure_cache(disk_cache_dir=_DSPY_CACHE)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
