@@ -11,6 +11,7 @@ import pytest
 from dspy.lm15 import Config, Message, Request
 
 import restpg_dspy
+from restpg_dspy.errors import UsageError
 from restpg_dspy.serving.engine import LocalEngine
 from tests.conftest import save_random_adapter
 
@@ -295,3 +296,26 @@ def test_a_model_trained_with_repetition_controls_keeps_them(tiny_model_dir, tmp
     weights, controls = split_decoding(tuned.model)
     assert "+lora-" in weights and controls == {"repetition_penalty": 1.3}
     assert isinstance(tuned("hi")[0], str)
+
+
+def test_a_merged_copy_of_an_adapter_writes_what_the_unmerged_adapter_writes(tiny_model_dir, tmp_path):
+    unmerged = restpg_dspy.lm(f"local:{tiny_model_dir}", max_tokens=12, cache=False)
+    merged = restpg_dspy.lm(f"local:{tiny_model_dir}", max_tokens=12, cache=False, merged_adapters=1)
+    engine = merged.engine
+    assert engine is not unmerged.engine and engine.loaded is unmerged.engine.loaded  # one base model in memory
+    first, second = (save_random_adapter(tiny_model_dir, tmp_path / f"a{seed}", seed=seed) for seed in (7, 8))
+    prompts = [f"Prompt {i}: tell me about birds." for i in range(3)]
+    for adapter in (first, second):
+        a, b = (
+            unmerged.copy(model=unmerged.engine.register_adapter(adapter)),
+            merged.copy(model=engine.register_adapter(adapter)),
+        )
+        assert a.model == b.model  # the same weights, so the same id: caches are shared
+        for prompt in prompts:
+            assert a(prompt) == b(prompt)  # greedy
+            assert a(prompt, temperature=0.9, seed=11) == b(prompt, temperature=0.9, seed=11)
+    assert list(engine._merged) == [second.resolve()]  # one copy kept: the least recently used one was dropped
+    assert all("lora" not in name for name, _ in engine._merged[second.resolve()].named_modules())
+    assert unmerged(prompts[0]) != a(prompts[0])  # the adapter matters, so the comparison above could fail
+    with pytest.raises(UsageError, match="merged_adapters must be >= 0"):
+        LocalEngine(str(tiny_model_dir), merged_adapters=-1)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,11 @@ class LocalEngine(QueuedEngine):
         max_batch_size: Most requests generated together.
         batch_window_ms: How long the first request of a batch waits for others to join it.
         default_max_tokens: Token budget when a request sets none.
+        merged_adapters: How many adapters to keep merged into a copy of the base weights each, for generation
+            (0: every adapter runs unmerged on the shared base model). A merged copy decodes at the base model's
+            speed, as its layers carry no LoRA branch, but holds a full copy of the weights; it is made on an
+            adapter's first request (about a load of the model) and the least recently used copy is dropped
+            beyond this many. Training never sees it: it trains its own unmerged adapter.
 
     Attributes:
         stats: Counters of batches run, rows generated and tokens generated, for throughput monitoring.
@@ -102,13 +108,18 @@ class LocalEngine(QueuedEngine):
         max_batch_size: int = 16,
         batch_window_ms: float = 20.0,
         default_max_tokens: int = 512,
+        merged_adapters: int = 0,
     ):
         if max_batch_size < 1:
             raise UsageError("max_batch_size must be at least 1")
+        if merged_adapters < 0:
+            raise UsageError(f"merged_adapters must be >= 0 (0 serves adapters unmerged), not {merged_adapters}")
         super().__init__(default_max_tokens=default_max_tokens)
         self.spec, self.dtype, self.device = model, dtype, device
         self.max_batch_size = max_batch_size
         self.batch_window_ms = batch_window_ms
+        self.merged_adapters = merged_adapters
+        self._merged: OrderedDict[Path, Any] = OrderedDict()  # adapter folder -> its merged copy, oldest use first
         self.loaded = load_model(model, dtype=dtype, device=device)
         with _REGISTRY_LOCK:
             self._host = _HOSTS.setdefault(id(self.loaded), _AdapterHost(self.loaded))
@@ -137,6 +148,7 @@ class LocalEngine(QueuedEngine):
         """Forget ``model_id``'s adapter and free its weights (the base model's only adapter stays loaded)."""
         path = self.adapters.pop(model_id, None)
         if path is not None:
+            self._merged.pop(path, None)
             with self._host.lock:
                 self._host.unload(path)
 
@@ -164,12 +176,33 @@ class LocalEngine(QueuedEngine):
                 except Exception as err:  # the worker lives on; this batch's callers get the error
                     self._fail(jobs, err)
 
+    def merged_model(self, adapter: Path) -> Any:
+        """The copy of the base weights with ``adapter`` merged in, made on first use (see ``merged_adapters``)."""
+        if adapter in self._merged:
+            self._merged.move_to_end(adapter)
+            return self._merged[adapter]
+        from peft import PeftModel
+
+        from restpg_dspy.serving.models import load_causal_lm
+
+        # Fresh weights from disk: the shared model carries the LoRA layers of every adapter loaded on it.
+        base = load_causal_lm(self.loaded.path, self.loaded.dtype, self.loaded.device)
+        merged = PeftModel.from_pretrained(base, adapter).merge_and_unload().eval()
+        self._merged[adapter] = merged
+        while len(self._merged) > self.merged_adapters:
+            self._merged.popitem(last=False)
+        return merged
+
     def _run(self, model_id: str, jobs: list[Job]) -> None:
         prompts, params = [job.prompt_ids for job in jobs], [job.params for job in jobs]
-        with self._host.lock:
-            model, context_manager = self._host.model_for(self.adapter_path(model_id))
-            with context_manager:
-                completions = generate(model, self.tokenizer, prompts, params, self._eos)
+        adapter = self.adapter_path(model_id)
+        if adapter is not None and self.merged_adapters:
+            completions = generate(self.merged_model(adapter), self.tokenizer, prompts, params, self._eos)
+        else:
+            with self._host.lock:
+                model, context_manager = self._host.model_for(adapter)
+                with context_manager:
+                    completions = generate(model, self.tokenizer, prompts, params, self._eos)
         self.stats["batches"] += 1
         self.stats["rows"] += len(jobs)
         self.stats["generated_tokens"] += sum(len(c.token_ids) for c in completions)

@@ -1,0 +1,126 @@
+"""Sampling with a freshly trained adapter: today's default (the local engine, adapter unmerged) vs other samplers.
+
+Run: ``.venv/bin/python benchmarks/adapter_sampling.py [--inputs 12] [--samples 4] [--max-tokens 48] [--vllm]``.
+Two workloads, both a real ``PersonalizedWriter`` (a reasoning step, then a response step) on synthetic users, served
+by an adapter that ``lm.finetune`` has just trained on them:
+
+- the E-step: ``--samples`` seeded samples per input at temperature 0.7, from 16 threads (``RESTPG``'s default);
+- the evaluation: one greedy prediction per input, from 16 threads (``restpg table``'s default).
+
+Candidates run alternately in one process (machine noise hits them alike); each prints generated tokens per second
+and its ratio to today's default. A candidate's greedy predictions are compared with the default's word for word.
+Candidates: the local engine with the adapter merged into a copy of the weights (``merged_adapters=1``), with larger
+batches (``max_batch_size`` 64, 64 threads), and with ``--vllm`` vLLM serving the adapter and vLLM on merged weights.
+"""
+
+import argparse
+import functools
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from side_by_side import median_times
+
+import restpg_dspy
+from restpg_dspy.data import synthetic
+from restpg_dspy.programs import PersonalizedWriter
+from restpg_dspy.retrieval import BM25
+
+BASELINE = "local, unmerged, batch 16"
+
+
+def run_program(lm, examples, samples: int, threads: int) -> tuple[int, list[str]]:
+    """Run the program ``samples`` times per example (seeded when sampling); return tokens generated and responses."""
+    engine = lm.engine
+    before = engine.stats["generated_tokens"]
+    program = PersonalizedWriter(retriever=BM25(k=2))
+
+    def draw(job):
+        example, index = job
+        copy = program.deepcopy()
+        copy.set_lm(lm.copy(seed=index, rollout_id=index) if samples > 1 else lm)
+        return copy(**example.inputs()).response
+
+    with ThreadPoolExecutor(threads) as pool:
+        responses = list(pool.map(draw, [(e, i) for e in examples for i in range(samples)]))
+    return engine.stats["generated_tokens"] - before, responses
+
+
+def train_adapter(examples, steps: int) -> Path:
+    """A rank-16 all-linear LoRA adapter trained for ``steps`` steps on the examples' prompts and outputs."""
+    rows = [
+        {"messages": [{"role": "user", "content": e.request}, {"role": "assistant", "content": e.output}]}
+        for e in examples
+    ]
+    folder = tempfile.mkdtemp(prefix="bench-adapter-")
+    settings = {"output_dir": folder, "max_steps": steps, "per_device_train_batch_size": 8, "learning_rate": 2e-3}
+    job = restpg_dspy.lm("local").finetune(train_data=rows, train_data_format="chat", train_kwargs=settings)
+    job.result()
+    return Path(job.log["adapter"])
+
+
+def merged_folder(adapter: Path) -> Path:
+    """The embedded model with ``adapter`` merged in, saved as a model folder (for vLLM)."""
+    from peft import PeftModel
+
+    from restpg_dspy.serving.models import embedded_model_path, load_causal_lm, load_tokenizer
+
+    base = embedded_model_path()
+    folder = Path(tempfile.mkdtemp(prefix="bench-merged-"))
+    merged = PeftModel.from_pretrained(load_causal_lm(base, "float32", "cpu"), adapter).merge_and_unload()
+    merged.save_pretrained(folder)
+    load_tokenizer(base).save_pretrained(folder)
+    return folder
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--inputs", type=int, default=12)
+    parser.add_argument("--samples", type=int, default=4)
+    parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument("--train-steps", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--vllm", action="store_true", help="also vLLM with the adapter and vLLM on merged weights")
+    args = parser.parse_args()
+
+    examples = synthetic("train", seed=0, users=args.inputs, requests_per_user=1)[: args.inputs]
+    adapter = train_adapter(examples, args.train_steps)
+    settings = {"max_tokens": args.max_tokens, "cache": False}
+    candidates = {
+        BASELINE: (restpg_dspy.lm("local", adapter=adapter, **settings), 16),
+        "local, merged, batch 16": (restpg_dspy.lm("local", adapter=adapter, merged_adapters=1, **settings), 16),
+        "local, unmerged, batch 64": (restpg_dspy.lm("local", adapter=adapter, max_batch_size=64, **settings), 64),
+        "local, merged, batch 64": (
+            restpg_dspy.lm("local", adapter=adapter, merged_adapters=1, max_batch_size=64, **settings),
+            64,
+        ),
+    }
+    if args.vllm:
+        vllm = {"kv_cache_gib": 1, "max_model_len": 2048, **settings}
+        candidates["vLLM, adapter"] = (restpg_dspy.lm("vllm:local", adapter=adapter, **vllm), 64)
+        candidates["vLLM, merged weights"] = (restpg_dspy.lm(f"vllm:{merged_folder(adapter)}", **vllm), 64)
+    print(
+        f"adapter {adapter.name}; {len(examples)} inputs, max_tokens {args.max_tokens}; "
+        f"E-step: {args.samples} samples per input at temperature 0.7; evaluation: greedy"
+    )
+    for workload, samples, temperature in (("E-step", args.samples, 0.7), ("evaluation", 1, 0.0)):
+        variants = {
+            name: functools.partial(
+                run_program, lm.copy(temperature=temperature), examples, samples=samples, threads=threads
+            )
+            for name, (lm, threads) in candidates.items()
+        }
+        results = median_times(variants, args.repeats)
+        base_seconds, (base_tokens, base_responses) = results[BASELINE]
+        print(f"\n{workload}")
+        for name, (seconds, (tokens, responses)) in results.items():
+            ratio = (tokens / seconds) / (base_tokens / base_seconds)
+            same = sum(a == b for a, b in zip(responses, base_responses, strict=True))
+            print(
+                f"{name:28s} {seconds:7.1f} s {tokens:6d} tokens {tokens / seconds:7.1f} tokens/s  "
+                f"ratio {ratio:4.2f}  responses as the default's: {same}/{len(responses)}"
+            )
+
+
+if __name__ == "__main__":
+    main()
