@@ -193,6 +193,24 @@ def test_continue_from_adapter(tiny_lm, tmp_path):
         train(tiny_lm, [chat("x")], tmp_path, start_from="adapter")
 
 
+def test_an_adapter_trained_over_another_is_published_as_one_adapter_of_both(tiny_lm, tmp_path):
+    shared_job, shared = train(tiny_lm, [chat("Largest animal?")] * 2, tmp_path, max_steps=2)
+    rows = [chat("Largest animal?", "sperm whale")] * 2
+    job, personal = train(shared, rows, tmp_path, max_steps=30, r=2, lora_alpha=4, stack_on="adapter")
+    assert job.log["stacked_on"] == shared_job.log["adapter"]
+    config = json.loads(Path(job.log["adapter"], "adapter_config.json").read_text())
+    assert (config["r"], config["lora_alpha"]) == (8 + 2, 8 + 2)
+    assert personal.model != shared.model and personal.model.startswith(tiny_lm.model + "+lora-")
+    assert personal("Largest animal?", max_tokens=4)[0].startswith("sperm whale")
+    # The same job again (the adapter below named by its content) is served what it published.
+    again, _ = train(shared, rows, tmp_path, max_steps=30, r=2, lora_alpha=4, stack_on=shared_job.log["adapter"])
+    assert again.log["adapter"] == job.log["adapter"]
+    with pytest.raises(ValueError, match="needs an LM that serves an adapter"):
+        train(tiny_lm, rows, tmp_path, stack_on="adapter")
+    with pytest.raises(ValueError, match="cannot also continue"):
+        train(shared, rows, tmp_path, stack_on="adapter", start_from="adapter")
+
+
 def test_adapters_share_one_base_model(tiny_lm, tiny_engine, tmp_path):
     _, a = train(tiny_lm, [chat("One?", "one")] * 2, tmp_path, max_steps=2)
     _, b = train(tiny_lm, [chat("Two?", "two")] * 2, tmp_path, max_steps=2)

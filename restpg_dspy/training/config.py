@@ -21,6 +21,7 @@ _OWN_KNOBS = (
     "dtype",
     "output_dir",
     "start_from",
+    "stack_on",
     "num_processes",
     "accelerate_config",
     "save_steps",
@@ -64,6 +65,11 @@ class LoRATrainingConfig:
         output_dir: Where adapters are published (default: ``<restpg home>/adapters``).
         start_from: ``"base"`` trains a fresh adapter on the base weights; ``"adapter"`` continues the adapter of
             the LM being fine-tuned; any other value is the folder of an adapter to continue.
+        stack_on: Train a fresh adapter (of rank ``r``) over another one, which is merged into the frozen weights
+            while training: ``"adapter"`` stacks on the adapter of the LM being fine-tuned, any other value is an
+            adapter folder. The published adapter is the two combined into one of their summed rank (see
+            :func:`~restpg_dspy.training.stacking.stack_adapters`), so any engine serves it on the base weights.
+            ``None``: no stacking.
         num_processes: Processes that train data-parallel (DDP through ``torchrun``; gloo on CPUs, one GPU each);
             the global batch is ``per_device_train_batch_size x gradient_accumulation_steps x num_processes``.
         accelerate_config: An ``accelerate`` config file (DeepSpeed, FSDP, ...): the training is launched with
@@ -97,6 +103,7 @@ class LoRATrainingConfig:
     save_steps: int = 25
     output_dir: str | None = None
     start_from: str = "base"
+    stack_on: str | None = None
     num_processes: int = 1
     accelerate_config: str | None = None
     memory_budget_gib: float | None = 8.0
@@ -134,6 +141,11 @@ class LoRATrainingConfig:
             raise UsageError(f"save_steps must be >= 0 (0 turns checkpoints off), not {config.save_steps}")
         if config.memory_budget_gib is not None and config.memory_budget_gib <= 0:
             raise UsageError(f"memory_budget_gib must be > 0 (or None to plan nothing), not {config.memory_budget_gib}")
+        if config.stack_on is not None and config.start_from != "base":
+            raise UsageError(
+                f"stack_on trains a fresh adapter over another; it cannot also continue one (start_from="
+                f"{config.start_from!r})"
+            )
         if config.accelerate_config and not Path(config.accelerate_config).is_file():
             raise UsageError(f"accelerate_config {config.accelerate_config} is not a file")
         return config

@@ -50,6 +50,7 @@ from restpg_dspy.training.folders import (
 )
 from restpg_dspy.training.launch import check_one_gpu_per_process, fit_in_processes
 from restpg_dspy.training.memory_plan import plan_memory
+from restpg_dspy.training.stacking import stack_adapters
 from restpg_dspy.training.trainer import NonFiniteLossError, TrainingJobSpec
 
 if TYPE_CHECKING:
@@ -116,6 +117,13 @@ class PEFTProvider(Provider):
         if config.start_from not in ("base", "adapter"):
             start = Path(config.start_from)
             adapter_hash(start)  # fails early, naming the missing file
+        if config.stack_on == "adapter":
+            below = self.engine.adapter_path(model)
+            if below is None:
+                raise UsageError(f"stack_on='adapter' needs an LM that serves an adapter; {model!r} is the base model")
+            config = dataclasses.replace(config, stack_on=str(below))
+        elif config.stack_on is not None:
+            adapter_hash(Path(config.stack_on))  # fails early, naming the missing file
         path, log = train_lora(self.engine, train_data, config, start)
         job.log = log
         # The tuned model decodes as the model it was trained from did (its repetition controls, say).
@@ -200,12 +208,15 @@ def train_lora(
         if losses and not all(math.isfinite(loss) for loss in losses):
             raise NonFiniteLossError("the training loss was not finite; no adapter was published")
         adapter_dir = staging / "adapter"
+        if config.stack_on is not None:  # served as one adapter: the one below and the one trained over it
+            adapter_dir = stack_adapters(config.stack_on, adapter_dir, staging / "stacked")
         digest = adapter_hash(adapter_dir)
         final = root / f"{loaded.name}-lora-{digest}"
         log = {
             "adapter": str(final),
             "base_model": str(loaded.path),
             "start_from": str(start_from) if start_from else "base",
+            "stacked_on": config.stack_on,
             "config": dataclasses.asdict(config),
             "rows": stats.rows,
             "rows_trained": len(tokenized),

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from restpg_dspy.serving.model_ids import adapter_hash
 from restpg_dspy.serving.models import accepts_logits_to_keep, load_causal_lm, resolve_dtype
 from restpg_dspy.training.config import LoRATrainingConfig
 
@@ -159,6 +160,8 @@ class TrainingJobSpec:
         identity = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("staging", "checkpoints")}
         identity["config"].pop("output_dir")  # where the adapter is published changes nothing it computes
         identity["config"].pop("memory_budget_gib")  # the plan it leads to is what counts
+        if self.config.stack_on is not None:  # the adapter below counts by its content, wherever it is kept
+            identity["config"]["stack_on"] = adapter_hash(Path(self.config.stack_on))
         if identity["plan"] is None:
             identity.pop("plan")
         else:  # how the batch is computed counts, not the estimate that chose it
@@ -198,6 +201,8 @@ def fit(job: TrainingJobSpec, tokenizer: Any = None) -> tuple[int, list[float], 
     dtype = resolve_dtype(config.dtype, device)
     # A private copy of the base weights: LoRA layers are injected in place, and the served copy must not change.
     model = load_causal_lm(Path(job.model_path), dtype, device)
+    if config.stack_on is not None:  # the adapter trained over becomes part of the frozen weights
+        model = PeftModel.from_pretrained(model, config.stack_on).merge_and_unload()
     if job.start_from is not None:
         model = PeftModel.from_pretrained(model, job.start_from, is_trainable=True)
     else:
