@@ -7,7 +7,7 @@ its training rows without re-running anything.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import dspy
@@ -77,16 +77,21 @@ def record(program: dspy.Module, inputs: dict[str, Any]) -> tuple[dspy.Predictio
 
 
 def forced(
-    template: dspy.Module, inputs: dict[str, Any], output_for: Callable[[str, dict[str, Any]], str]
+    template: dspy.Module,
+    inputs: dict[str, Any],
+    output_for: Callable[[str, dict[str, Any]], str],
+    only: Collection[str] | None = None,
 ) -> tuple[dspy.Prediction, Trace]:
-    """Run ``template`` with every predictor answering ``output_for(name, its inputs)`` instead of calling an LM.
+    """Run ``template`` with every predictor (or those named in ``only``, the others calling their LMs) answering
+    ``output_for(name, its inputs)`` instead of calling an LM.
 
     This is how gold outputs and teacher reasoning enter a program's own prompts: retrieval and rendering run for
     real, only the predictors' answers are supplied.
     """
     program = template.deepcopy()
     for name, predictor in program.named_predictors():
-        predictor.forward = _forced_forward(predictor, name, output_for)
+        if only is None or name in only:
+            predictor.forward = _forced_forward(predictor, name, output_for)
     return record(program, inputs)
 
 

@@ -11,6 +11,7 @@ Example:
 from restpg_dspy.programs.adapter import CompletionAdapter
 from restpg_dspy.programs.profile import ProfileFormatter
 from restpg_dspy.programs.recorded import RecordedOutputs
+from restpg_dspy.programs.routing import PersonalRouter
 from restpg_dspy.programs.signatures import (
     HindsightReasoning,
     PersonalizedResponse,
@@ -25,6 +26,7 @@ __all__ = [
     "HindsightReasoning",
     "NoPersonalization",
     "PersonalReasoning",
+    "PersonalRouter",
     "PersonalizedProgram",
     "PersonalizedResponse",
     "PersonalizedWriter",

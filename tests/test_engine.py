@@ -319,3 +319,47 @@ def test_a_merged_copy_of_an_adapter_writes_what_the_unmerged_adapter_writes(tin
     assert unmerged(prompts[0]) != a(prompts[0])  # the adapter matters, so the comparison above could fail
     with pytest.raises(UsageError, match="merged_adapters must be >= 0"):
         LocalEngine(str(tiny_model_dir), merged_adapters=-1)
+
+
+def test_adapters_beyond_the_loaded_cap_are_dropped_and_loaded_again_on_demand(tiny_model_dir, tmp_path):
+    capped = restpg_dspy.lm(f"local:{tiny_model_dir}", max_tokens=12, cache=False, max_loaded_adapters=1)
+    engine = capped.engine
+    adapters = [save_random_adapter(tiny_model_dir, tmp_path / f"c{seed}", seed=seed) for seed in (21, 22, 23)]
+    lms = [capped.copy(model=engine.register_adapter(adapter)) for adapter in adapters]
+    prompt = "Tell me about rivers."
+    first = [lm(prompt) for lm in lms]
+    assert len(set(map(tuple, first))) == 3  # three different adapters, three different answers
+    assert len(engine._host._peft.peft_config) == 1  # the others were deleted as the next came in
+    assert [lm(prompt) for lm in reversed(lms)] == list(reversed(first))  # reloaded, they answer as before
+    with pytest.raises(UsageError, match="max_loaded_adapters must be at least 1"):
+        LocalEngine(str(tiny_model_dir), max_loaded_adapters=0)
+
+
+def test_a_mixed_batch_writes_for_each_request_what_its_own_adapter_writes(tiny_model_dir, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    grouped = restpg_dspy.lm(f"local:{tiny_model_dir}", max_tokens=12, cache=False, batch_window_ms=200.0)
+    mixed = restpg_dspy.lm(
+        f"local:{tiny_model_dir}",
+        max_tokens=12,
+        cache=False,
+        batch_window_ms=200.0,
+        mixed_adapter_batches=True,
+        max_loaded_adapters=2,
+    )
+    adapters = [save_random_adapter(tiny_model_dir, tmp_path / f"m{seed}", seed=seed) for seed in (31, 32, 33)]
+    calls = [(adapter, f"Prompt {i}: tell me about trees.") for i in range(2) for adapter in [None, *adapters]]
+
+    def answer(lm, adapter, prompt):
+        on = lm if adapter is None else lm.copy(model=lm.engine.register_adapter(adapter))
+        return on(prompt)[0], on(prompt, temperature=0.9, seed=5)[0]
+
+    expected = [answer(grouped, *call) for call in calls]
+    batches = mixed.engine.stats["batches"]
+    with ThreadPoolExecutor(len(calls)) as pool:  # all eight requests reach the engine in one window
+        got = list(pool.map(lambda call: answer(mixed, *call), calls))
+    assert got == expected
+    assert len({e[0] for e in expected}) > 4  # the adapters change the answers, so the comparison could fail
+    # Four weights (the base and three adapters), at most two adapters a generation: fewer generations than
+    # one per adapter per step would need.
+    assert mixed.engine.stats["batches"] - batches < 2 * 4

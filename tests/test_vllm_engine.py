@@ -96,6 +96,38 @@ def test_a_program_compiled_on_the_local_engine_is_served_by_vllm_in_one_call(vl
     assert program.lm.model.startswith("local/")  # the compiled program itself is untouched
 
 
+class Ask(dspy.Module):
+    """One predictor, prompted in plain text (as the password rows are)."""
+
+    def __init__(self):
+        super().__init__()
+        self.answer = dspy.Predict("question -> answer")
+
+    def forward(self, question):
+        from restpg_dspy.programs import CompletionAdapter
+
+        with dspy.context(adapter=CompletionAdapter()):
+            return self.answer(question=question)
+
+
+def test_a_routed_program_serves_each_users_adapter_on_vllm_within_one_batch(vllm_lm, local_lm, password_adapter):
+    from restpg_dspy.programs import PersonalRouter
+
+    program = Ask()
+    program.set_lm(local_lm)
+    local = PersonalRouter(program, {"pat": password_adapter}, routed=["answer"])
+    served = restpg_dspy.serve_on(local, vllm_lm)
+    calls = [{"question": PROBE, "user_id": user} for user in ("pat", "quinn", "pat", "quinn")]
+    with ThreadPoolExecutor(4) as pool:  # the users' requests reach the engine together
+        answers = list(pool.map(lambda call: served(**call), calls))
+    assert [a.personal for a in answers] == [True, False, True, False]
+    adapter_id = local(**calls[0]).served_by.rsplit("+lora-", 1)[1]
+    assert answers[0].served_by.startswith("vllm/") and answers[0].served_by.endswith(adapter_id)
+    assert answers[1].served_by == served.program.answer.lm.model  # the shared model, on vLLM
+    assert answers[0].answer == answers[2].answer == local(**calls[0]).answer
+    assert answers[1].answer == answers[3].answer == local(**calls[1]).answer != answers[0].answer
+
+
 def test_sampling_follows_seeds_temperature_stop_and_budget(vllm_lm):
     hot = vllm_lm.copy(temperature=1.0)
     prompt = "Tell me a fun fact about animals."

@@ -73,11 +73,10 @@ def lm(
         max_tokens: Default token budget per completion (long-form tasks such as LongLaMP abstracts may want 512).
         adapter: For backends that serve adapters, the folder of a saved LoRA adapter to serve on the base model.
         **kwargs: The engine's settings (for ``local``: ``dtype``, ``device``, ``max_batch_size``,
-            ``batch_window_ms``, ``default_max_tokens``, ``merged_adapters``; for vLLM: see its engine class), the
-            repetition controls ``repetition_penalty`` and ``no_repeat_ngram_size`` (see
-            :func:`with_repetition_controls`), and any
-            ``dspy.LM`` keyword (``cache``, ``frequency_penalty``, ``presence_penalty``, ...); for API backends,
-            ``dspy.LM`` keywords.
+            ``batch_window_ms``, ``default_max_tokens``, ``merged_adapters``, ``max_loaded_adapters``; for vLLM: see
+            its engine class), the repetition controls ``repetition_penalty`` and ``no_repeat_ngram_size`` (see
+            :func:`with_repetition_controls`), and any ``dspy.LM`` keyword (``cache``, ``frequency_penalty``,
+            ``presence_penalty``, ...); for API backends, ``dspy.LM`` keywords.
 
     Returns:
         A ``dspy.LM``. LMs with the same backend, model and engine settings share one engine (one loaded model).

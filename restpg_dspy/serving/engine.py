@@ -37,9 +37,11 @@ class _AdapterHost:
         self.lock = threading.Lock()
         self._peft = None
         self._names: dict[Path, str] = {}
+        self._recent: OrderedDict[str, None] = OrderedDict()  # loaded adapter names, least recently used first
 
-    def model_for(self, adapter: Path | None) -> tuple[Any, Any]:
-        """Return (model, context manager) that generates with ``adapter`` (``None``: the base weights)."""
+    def model_for(self, adapter: Path | None, keep: int | None = None) -> tuple[Any, Any]:
+        """Return (model, context manager) that generates with ``adapter`` (``None``: the base weights), keeping at
+        most ``keep`` adapters loaded (the least recently used are deleted, and loaded again when asked for)."""
         from contextlib import nullcontext
 
         if adapter is None:
@@ -56,7 +58,24 @@ class _AdapterHost:
         elif name not in self._peft.peft_config:  # never loaded, or unloaded since
             self._peft.load_adapter(adapter, adapter_name=name)
         self._peft.set_adapter(name)
+        self._recent[name] = None
+        self._recent.move_to_end(name)
+        while keep is not None and len(self._peft.peft_config) > keep:
+            oldest = next((n for n in self._recent if n != name), None)
+            if oldest is None:
+                break
+            self._recent.pop(oldest)
+            self._peft.delete_adapter(oldest)
         return self._peft, nullcontext()
+
+    def batch_for(self, adapters: list[Path | None], keep: int) -> tuple[Any, list[str] | None]:
+        """Return (model, adapter name per row) that generate every row with its own adapter in one batch (PEFT's
+        mixed batches; ``"__base__"`` rows run on the base weights). At most ``keep`` distinct adapters."""
+        for adapter in dict.fromkeys(a for a in adapters if a is not None):
+            self.model_for(adapter, keep)
+        if self._peft is None:  # base rows only, on a model that never served an adapter
+            return self.loaded.model, None
+        return self._peft, [self._names[a] if a is not None else "__base__" for a in adapters]
 
     def unload(self, adapter: Path) -> None:
         """Delete ``adapter``'s weights from the model, unless it is the only adapter loaded (PEFT needs one)."""
@@ -66,6 +85,7 @@ class _AdapterHost:
             if self._peft.active_adapter == name:
                 self._peft.set_adapter(next(n for n in loaded if n != name))
             self._peft.delete_adapter(name)
+            self._recent.pop(name, None)
 
 
 _HOSTS: dict[int, _AdapterHost] = {}
@@ -91,6 +111,11 @@ class LocalEngine(QueuedEngine):
             speed, as its layers carry no LoRA branch, but holds a full copy of the weights; it is made on an
             adapter's first request (about a load of the model) and the least recently used copy is dropped
             beyond this many. Training never sees it: it trains its own unmerged adapter.
+        max_loaded_adapters: Most adapters kept loaded on the shared base model (a personal adapter per user can be
+            many); the least recently used is deleted beyond it and loaded again from its folder when asked for.
+        mixed_adapter_batches: Generate the requests of one batch that name different adapters (and the base
+            weights) together, each row with its own adapter (PEFT's mixed-batch LoRA), instead of one generation
+            per adapter; up to ``max_loaded_adapters`` adapters per generation.
 
     Attributes:
         stats: Counters of batches run, rows generated and tokens generated, for throughput monitoring.
@@ -109,16 +134,22 @@ class LocalEngine(QueuedEngine):
         batch_window_ms: float = 20.0,
         default_max_tokens: int = 512,
         merged_adapters: int = 0,
+        max_loaded_adapters: int = 16,
+        mixed_adapter_batches: bool = False,
     ):
         if max_batch_size < 1:
             raise UsageError("max_batch_size must be at least 1")
         if merged_adapters < 0:
             raise UsageError(f"merged_adapters must be >= 0 (0 serves adapters unmerged), not {merged_adapters}")
+        if max_loaded_adapters < 1:
+            raise UsageError(f"max_loaded_adapters must be at least 1, not {max_loaded_adapters}")
         super().__init__(default_max_tokens=default_max_tokens)
         self.spec, self.dtype, self.device = model, dtype, device
         self.max_batch_size = max_batch_size
         self.batch_window_ms = batch_window_ms
         self.merged_adapters = merged_adapters
+        self.max_loaded_adapters = max_loaded_adapters
+        self.mixed_adapter_batches = mixed_adapter_batches
         self._merged: OrderedDict[Path, Any] = OrderedDict()  # adapter folder -> its merged copy, oldest use first
         self.loaded = load_model(model, dtype=dtype, device=device)
         with _REGISTRY_LOCK:
@@ -170,9 +201,11 @@ class LocalEngine(QueuedEngine):
             groups: dict[str, list[Job]] = {}
             for job in batch:
                 groups.setdefault(job.model_id, []).append(job)
+            if self.mixed_adapter_batches and not self.merged_adapters and len(groups) > 1:
+                groups = {"": batch}
             for model_id, jobs in groups.items():
                 try:
-                    self._run(model_id, jobs)
+                    self._run_mixed(jobs) if model_id == "" else self._run(model_id, jobs)
                 except Exception as err:  # the worker lives on; this batch's callers get the error
                     self._fail(jobs, err)
 
@@ -200,9 +233,30 @@ class LocalEngine(QueuedEngine):
             completions = generate(self.merged_model(adapter), self.tokenizer, prompts, params, self._eos)
         else:
             with self._host.lock:
-                model, context_manager = self._host.model_for(adapter)
+                model, context_manager = self._host.model_for(adapter, self.max_loaded_adapters)
                 with context_manager:
                     completions = generate(model, self.tokenizer, prompts, params, self._eos)
+        self._finish(jobs, completions)
+
+    def _run_mixed(self, jobs: list[Job]) -> None:
+        """Jobs on several adapters, each generated with its own in one batch per ``max_loaded_adapters`` of them."""
+        by_adapter: dict[Path | None, list[Job]] = {}
+        for job in jobs:
+            by_adapter.setdefault(self.adapter_path(job.model_id), []).append(job)
+        adapters = list(by_adapter)
+        for start in range(0, len(adapters), self.max_loaded_adapters):
+            part = [
+                (adapter, job)
+                for adapter in adapters[start : start + self.max_loaded_adapters]
+                for job in by_adapter[adapter]
+            ]
+            prompts, params = [job.prompt_ids for _, job in part], [job.params for _, job in part]
+            with self._host.lock:
+                model, names = self._host.batch_for([adapter for adapter, _ in part], self.max_loaded_adapters)
+                completions = generate(model, self.tokenizer, prompts, params, self._eos, adapters=names)
+            self._finish([job for _, job in part], completions)
+
+    def _finish(self, jobs: list[Job], completions: list[Any]) -> None:
         self.stats["batches"] += 1
         self.stats["rows"] += len(jobs)
         self.stats["generated_tokens"] += sum(len(c.token_ids) for c in completions)

@@ -243,6 +243,7 @@ def generate(
     prompts: list[list[int]],
     params: list[SamplingParams],
     eos_token_ids: set[int],
+    adapters: list[str] | None = None,
 ) -> list[Completion]:
     """Generate one completion per prompt in a single left-padded batch with a shared KV cache.
 
@@ -255,6 +256,8 @@ def generate(
         prompts: Token ids of each prompt (already chat-formatted).
         params: One :class:`SamplingParams` per prompt.
         eos_token_ids: Tokens that end a completion with reason ``"stop"``.
+        adapters: For a PEFT ``model``, the name of the loaded adapter each prompt is generated with
+            (``"__base__"``: the base weights), so that one batch serves several adapters; ``None``: the active one.
 
     Returns:
         One :class:`Completion` per prompt, in order.
@@ -262,17 +265,21 @@ def generate(
     if len(prompts) != len(params):
         raise ValueError("generate needs one SamplingParams per prompt")
     device = model.device
-    distinct: dict[tuple[int, ...], int] = {}
-    source = [distinct.setdefault(tuple(prompt), len(distinct)) for prompt in prompts]
+    # A prompt's prefill is shared by the rows that generate it with the same weights.
+    keys = list(zip(adapters or [""] * len(prompts), map(tuple, prompts), strict=True))
+    distinct: dict[tuple[str, tuple[int, ...]], int] = {}
+    source = [distinct.setdefault(key, len(distinct)) for key in keys]
     width = max(len(p) for p in prompts)
     pad_id = tokenizer.pad_token_id
     input_ids = torch.full((len(distinct), width), pad_id, dtype=torch.long, device=device)
     attention = torch.zeros((len(distinct), width), dtype=torch.long, device=device)
-    for row, prompt in enumerate(distinct):
+    for row, (_, prompt) in enumerate(distinct):
         input_ids[row, width - len(prompt) :] = torch.tensor(prompt, device=device)
         attention[row, width - len(prompt) :] = 1
     positions = (attention.cumsum(dim=-1) - 1).clamp(min=0)
     last_only = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
+    if adapters is not None:
+        last_only["adapter_names"] = [w for w, _ in distinct]
     output = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True, **last_only)
     cache, logits = output.past_key_values, output.logits[:, -1, :]
     if len(distinct) < len(prompts):
@@ -327,8 +334,14 @@ def generate(
         step_ids = torch.tensor([[next_ids[j]] for j in keep], device=device)
         attention = torch.cat([attention, attention.new_ones((len(active), 1))], dim=-1)
         positions = positions[:, -1:] + 1
+        per_row = {"adapter_names": [adapters[r] for r in active]} if adapters is not None else {}
         output = model(
-            input_ids=step_ids, attention_mask=attention, position_ids=positions, past_key_values=cache, use_cache=True
+            input_ids=step_ids,
+            attention_mask=attention,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            **per_row,
         )
         logits = output.logits[:, -1, :]
 
