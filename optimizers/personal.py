@@ -27,7 +27,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dspy
 from dspy.teleprompt import Teleprompter
@@ -37,9 +37,11 @@ from restpg_dspy.concurrency import run_concurrently
 from restpg_dspy.errors import UsageError
 from restpg_dspy.optimizers.run_dir import RunDir
 from restpg_dspy.optimizers.traces import forced, output_field, predictor_lms, trace_rows, with_lms, without_lms
-from restpg_dspy.programs.routing import PersonalRouter
 from restpg_dspy.serving import serving_engine
 from restpg_dspy.tasks import detect_task
+
+if TYPE_CHECKING:
+    from restpg_dspy.programs.routing import PersonalRouter
 
 logger = logging.getLogger(__name__)
 USERS = "users.jsonl"
@@ -144,6 +146,8 @@ class PersonalAdapters(Teleprompter):
                 bar.update(1)
         finally:
             bar.close()
+        from restpg_dspy.programs.routing import PersonalRouter  # (the router's module imports this package)
+
         log = [done[user] for user in profiles]
         router = PersonalRouter(student, {row["user_id"]: row["adapter"] for row in log if row["adapter"]}, routed)
         router.personal_adapters_log = log
