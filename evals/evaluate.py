@@ -270,6 +270,8 @@ def evaluate(
         fields = outputs["fields"]
         row["response"] = fields.get(output_field)
         row["truncated"] = outputs.get("truncated")  # None: not known (a cached prediction of an older version)
+        if "personal" in fields:  # a routed program: whether the user's own adapter served the prediction
+            row["personal"] = fields["personal"]
         if not isinstance(fields.get(output_field), str):
             row["missing_field"] = True
             for name in names:

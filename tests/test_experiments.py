@@ -237,3 +237,25 @@ def test_choice_rules_follow_their_definitions():
     assert choose_room(room, max_val=0.9, min_spread=0.25) == 1  # none reaches the spread: the largest spread
     assert choose_room({4: (0.95, None), 2: (0.92, None)}, max_val=0.9, min_spread=0.25) == 2  # nothing explored
     assert choose_room({4: (0.8, 0.3), 2: (0.5, 0.9)}, max_val=0.9, min_spread=0.25) == 4
+
+
+def test_personal_rows_add_an_adapter_per_test_user_to_the_compiled_method(tmp_path, tiny_model_dir, count_trainings):
+    config = tiny(tmp_path, tiny_model_dir, methods=["sft", "sft+personal"], personal={"num_train_epochs": 1})
+    results = run_table(config)
+    out = tmp_path / "table" / "synthetic"
+    users = [json.loads(line) for line in (out / "sft+personal.users.jsonl").read_text().splitlines()]
+    assert len(users) == 4 and all(row["adapter"] for row in users)  # one per test user
+    rows = [json.loads(line) for line in (out / "sft+personal.predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 12 and all(row["personal"] for row in rows)  # every test prediction, by its user's adapter
+    assert len(count_trainings) == 1 + 4  # SFT once (the personal row reuses its compile), then each user
+    paired = json.loads((tmp_path / "table" / "paired.json").read_text())["synthetic"]
+    assert any(entry["better"] == "sft+personal" and entry["worse"] == "sft" for entry in paired)
+    assert set(results) == {"sft", "sft+personal"}
+    # The profile removed from the personal rows' prompts (k=0): the compiled program alone at k=0 is a row too.
+    config.personal = {"num_train_epochs": 1, "k": 0}
+    results = run_table(config, only=["sft+personal"])
+    assert set(results) == {"sft", "sft+personal", "sft@k0"}
+    paired = json.loads((tmp_path / "table" / "paired.json").read_text())["synthetic"]
+    assert any(entry["better"] == "sft+personal" and entry["worse"] == "sft@k0" for entry in paired)
+    with pytest.raises(ValueError, match=r"personal: unknown settings \['epochs'\]"):
+        TableConfig(personal={"epochs": 3})

@@ -113,6 +113,15 @@ class TableConfig:
             "settings (one per condition, say) run it once."
         ),
     )
+    personal: dict[str, Any] = field(
+        default_factory=dict,
+        metadata=_help(
+            "Settings of the '<method>+personal' rows' personal adapters (fields of PersonalAdaptersConfig: r, "
+            "lora_alpha, num_train_epochs, learning_rate, train_kwargs), and k: the profile items their program "
+            "shows (default: k; another value, 0 to remove the profile, also adds the compiled program alone at "
+            "that k as the row '<method>@k<k>')."
+        ),
+    )
     round_curves: bool = field(
         default=False,
         metadata=_help(
@@ -134,6 +143,12 @@ class TableConfig:
 
         for name in ("max_tokens", "reasoning_max_tokens", "response_max_tokens"):
             check_token_budget(name, getattr(self, name))
+        from restpg_dspy.optimizers.personal import PersonalAdaptersConfig
+
+        knobs = {f.name for f in dataclasses.fields(PersonalAdaptersConfig)} - {"run_dir", "num_threads", "verbose"}
+        unknown = sorted(set(self.personal) - knobs - {"k"})
+        if unknown:
+            raise UsageError(f"personal: unknown settings {unknown}; known: {sorted(knobs | {'k'})}")
         for method, settings in self.overrides.items():
             check_name("method of overrides", method, METHODS)
             unknown = sorted(set(settings) - set(_OVERRIDABLE))

@@ -39,6 +39,7 @@ class Method:
     program: type
     optimizer: type | None
     label: str
+    personal_of: str | None = None  # the compiled method whose program this row gives a personal adapter per user
 
     @property
     def reasons(self) -> bool:
@@ -56,17 +57,29 @@ METHODS: dict[str, Method] = {
     "rest-pg": Method(PersonalizedWriter, RESTPG, "REST-PG"),
     # The dataset's own predictions of another system (LongLaMP: a Llama-3-8B RAG baseline), scored on the same records.
     "reference": Method(RecordedOutputs, None, "reference predictions (the dataset's)"),
+    # Beyond the paper: the compiled program, with a personal adapter per test user trained on that user's profile.
+    "sft+personal": Method(RAGWriter, SFT, "SFT + personal adapters", "sft"),
+    "sft-reasoning+personal": Method(
+        PersonalizedWriter, SFTWithReasoning, "SFT with reasoning + personal adapters", "sft-reasoning"
+    ),
+    "rest-pg+personal": Method(PersonalizedWriter, RESTPG, "REST-PG + personal adapters", "rest-pg"),
 }
-COMPILED = tuple(name for name, method in METHODS.items() if method.optimizer is not None)
-# A table's methods unless its config names them: every method that runs on any task (the reference needs records
-# that carry another system's predictions).
-DEFAULT_METHODS = tuple(name for name, method in METHODS.items() if method.program is not RecordedOutputs)
+COMPILED = tuple(name for name, m in METHODS.items() if m.optimizer is not None and m.personal_of is None)
+# A table's methods unless its config names them: every method of the paper's table that runs on any task (the
+# reference needs records that carry another system's predictions).
+DEFAULT_METHODS = tuple(
+    name for name, m in METHODS.items() if m.program is not RecordedOutputs and m.personal_of is None
+)
 UNCOMPILED = tuple(name for name, method in METHODS.items() if method.optimizer is None)
 # The paper's ordering, best first: each adjacent pair is compared with a paired interval.
 PAPER_ORDER = ("rest-pg", "rest-em", "sft", "rag", "no-personalization")
 # Pairs that isolate one part of REST-PG, compared too: what self-training adds to SFT on the teacher's reasoning, and
 # what that reasoning adds to plain SFT.
-ABLATION_PAIRS = (("rest-pg", "sft-reasoning"), ("sft-reasoning", "sft"))
+ABLATION_PAIRS = (
+    ("rest-pg", "sft-reasoning"),
+    ("sft-reasoning", "sft"),
+    *((name, m.personal_of) for name, m in METHODS.items() if m.personal_of),
+)
 METRICS = {
     "rouge_1": rouge_1,
     "rouge_l": rouge_l,

@@ -163,6 +163,43 @@ def compile_dir(config: TableConfig, slug: str, method: str) -> Path:
     return Path(config.shared_dir) / slug / f"{method}-{digest[:10]}"
 
 
+def personal_dir(config: TableConfig, slug: str, method: str) -> Path:
+    """Where a ``<method>+personal`` row's adapters live: beside its compiled method's run, named by a digest of
+    the personal settings."""
+    base = registry.METHODS[method].personal_of
+    digest = hashlib.sha256(json.dumps(config.personal, sort_keys=True).encode()).hexdigest()[:10]
+    return compile_dir(config, slug, base).with_name(f"{compile_dir(config, slug, base).name}-personal-{digest}")
+
+
+def personalize(
+    program: dspy.Module, config: TableConfig, users: list[dspy.Example], run_dir: Path
+) -> tuple[dspy.Module, dspy.Module | None]:
+    """``program`` with a personal adapter for each of ``users`` (their profiles; see
+    :class:`~restpg_dspy.optimizers.PersonalAdapters`), and ``program`` alone at the personal ``k`` when it differs
+    from the config's (else ``None``)."""
+    from restpg_dspy.optimizers import PersonalAdapters
+
+    settings = dict(config.personal)
+    k = settings.pop("k", config.k)
+    alone = None
+    if k != config.k:  # the profile the personal rows' prompts show, in training and in serving
+        program = program.deepcopy()
+        program.retriever = registry.RETRIEVERS[config.retriever](k=k)
+        alone = program
+    optimizer = PersonalAdapters(run_dir=str(run_dir), num_threads=config.num_threads, **settings)
+    return optimizer.compile(program, users=users), alone
+
+
+def alone_name(config: TableConfig, method: str) -> str:
+    """The row of a ``<method>+personal`` row's compiled program alone at the personal ``k``."""
+    return f"{registry.METHODS[method].personal_of}@k{config.personal.get('k', config.k)}"
+
+
+def with_user_input(examples: list[dspy.Example]) -> list[dspy.Example]:
+    """The examples with ``user_id`` among their inputs (a routed program picks the user's adapter by it)."""
+    return [e.with_inputs(*e._input_keys, "user_id") for e in examples]
+
+
 def wording_subsets(testset: list[dspy.Example]) -> dict[str, set[str] | None]:
     """``all`` examples and, where examples say which evidence wording they use, ``seen`` and ``held_out``."""
     from restpg_dspy.evals.evaluate import example_id
@@ -280,37 +317,56 @@ def run_table(config: TableConfig, only: list[str] | None = None) -> dict[str, d
         for method in config.methods:
             predictions = out / f"{method}.predictions.jsonl"
             compiles = registry.METHODS[method].optimizer is not None
+            base = registry.METHODS[method].personal_of
+            run_dir = (personal_dir if base else compile_dir)(config, slug, method) if compiles else None
             if only is not None and method not in only:
                 # Shown from an earlier run's predictions, if that run had this method's settings.
-                current = not compiles or runs.get(method) == str(compile_dir(config, slug, method))
-                if predictions.exists() and current:
-                    result = EvaluationResult("", read_rows(predictions), metric_names)
-                    rows[method] = result.rows
-                    results.setdefault(method, {})[slug] = result.summary()
+                current = not compiles or runs.get(method) == str(run_dir)
+                shown = [method, alone_name(config, method)] if base else [method]
+                for name in shown if predictions.exists() and current else []:
+                    if (out / f"{name}.predictions.jsonl").exists():
+                        result = EvaluationResult("", read_rows(out / f"{name}.predictions.jsonl"), metric_names)
+                        rows[name] = result.rows
+                        results.setdefault(name, {})[slug] = result.summary()
                 continue
             if method == "reference":
                 program = RecordedOutputs.from_examples(testset, "reference_prediction")
             else:
-                program, _ = build_method(method, config, task_student(config, slug, student))
+                program, _ = build_method(base or method, config, task_student(config, slug, student))
             started = time.perf_counter()
+            examples = testset
             if compiles:
-                run_dir = compile_dir(config, slug, method)
                 program = compile_method(
-                    method,
+                    base or method,
                     program,
                     config,
                     trainset=trainset,
                     judge=judge,
-                    run_dir=run_dir,
+                    run_dir=compile_dir(config, slug, base or method),
                     adapters_dir=shared / slug / "adapters",
-                    on_stage=score_on_curves,
+                    on_stage=None if base else score_on_curves,
                 )
-                compiled[method] = program
+                (out / f"{method}.history.json").write_text(json.dumps(program.restpg_history, indent=2))
+                if base:  # a personal adapter per test user, from their profiles only
+                    program, alone = personalize(program, config, testset, run_dir)
+                    examples = with_user_input(testset)
+                    (out / f"{method}.users.jsonl").write_text(
+                        "".join(json.dumps(row) + "\n" for row in program.personal_adapters_log)
+                    )
+                    if alone is not None:
+                        name = alone_name(config, method)
+                        alone_result = evaluate(
+                            alone, testset, metrics, cache_dir=shared / "cache", num_threads=config.num_threads
+                        )
+                        alone_result.to_jsonl(out / f"{name}.predictions.jsonl")
+                        rows[name] = alone_result.rows
+                        results.setdefault(name, {})[slug] = alone_result.summary()
+                else:
+                    compiled[method] = program
                 runs[method] = str(run_dir)
                 runs_file.write_text(json.dumps(runs, indent=2))
-                (out / f"{method}.history.json").write_text(json.dumps(program.restpg_history, indent=2))
             compiled_at = time.perf_counter()
-            result = evaluate(program, testset, metrics, cache_dir=shared / "cache", num_threads=config.num_threads)
+            result = evaluate(program, examples, metrics, cache_dir=shared / "cache", num_threads=config.num_threads)
             # Added up over the invocations that resumed this table (a cached stage adds almost nothing).
             spent = timings.setdefault(method, {})
             for part, seconds in (
@@ -320,6 +376,9 @@ def run_table(config: TableConfig, only: list[str] | None = None) -> dict[str, d
                 spent[part] = round(spent.get(part, 0.0) + seconds, 2)
             timings_file.write_text(json.dumps(timings, indent=2))
             result.to_jsonl(predictions)
+            if base:
+                served = sum(bool(row.get("personal")) for row in result.rows)
+                print(f"[{slug}] {method}: {served} of {len(result.rows)} predictions served by a personal adapter")
             summary = result.summary()
             rows[method] = result.rows
             results.setdefault(method, {})[slug] = summary
@@ -333,8 +392,10 @@ def run_table(config: TableConfig, only: list[str] | None = None) -> dict[str, d
             spent["evaluate_s"] = round(spent.get("evaluate_s", 0.0) + time.perf_counter() - started, 2)
             spent["methods"] = sorted(compiled)
             timings_file.write_text(json.dumps(timings, indent=2))
+        alone = [(m, alone_name(config, m)) for m in rows if m in registry.METHODS and registry.METHODS[m].personal_of]
+        pairs = [*registry.compared_pairs(rows), *((a, b) for a, b in alone if b in rows)]
         differences[slug] = paired_differences(
-            rows, registry.compared_pairs(rows), metric_names, wording_subsets(testset), comparison_units(testset)
+            rows, pairs, metric_names, wording_subsets(testset), comparison_units(testset)
         )
     (root / "results.json").write_text(json.dumps(results, indent=2))
     (root / "paired.json").write_text(json.dumps(differences, indent=2))
