@@ -101,7 +101,7 @@ class PersonalAdapters(Teleprompter):
         base = config or PersonalAdaptersConfig()
         self.config = dataclasses.replace(base, **settings)
 
-    def compile(self, student: dspy.Module, *, users: list[dspy.Example], **_: Any) -> PersonalRouter:
+    def compile(self, student: dspy.Module, *, users: list[dspy.Example]) -> PersonalRouter:
         """Train every user's adapter (those recorded in ``run_dir`` are reused) and return the routing program.
 
         Args:
