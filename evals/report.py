@@ -81,6 +81,13 @@ def plot_scores(results: dict[str, dict[str, Summary]], metric: str, path: str |
         means, errors = interval_errors(stats)
         axis.bar(np.arange(len(tasks)) + offset * width, means, width, yerr=errors, capsize=3, label=method)
     axis.set_xticks(np.arange(len(tasks)) + width * (len(methods) - 1) / 2, tasks)
+    return save_plot(figure, axis, metric, path)
+
+
+def save_plot(figure: Any, axis: Any, metric: str, path: str | Path) -> Path:
+    """Label the y axis with ``metric``'s intervals, add the legend, write the figure to ``path`` and close it."""
+    import matplotlib.pyplot as plt
+
     axis.set_ylabel(f"{metric} (95% bootstrap interval)")
     axis.legend(fontsize="small")
     figure.tight_layout()

@@ -20,7 +20,7 @@ from typing import Any
 
 import dspy
 
-from restpg_dspy.evals.report import format_interval, interval_errors
+from restpg_dspy.evals.report import format_interval, interval_errors, save_plot
 from restpg_dspy.optimizers.restpg import stage_lm
 from restpg_dspy.optimizers.traces import predictor_lms, with_lms, without_lms
 
@@ -111,10 +111,4 @@ def plot_rounds(curves: Curves, metric: str, path: str | Path) -> Path:
             means, errors = interval_errors([stages[stage].get(example_set, {}).get(metric, {}) for stage in names])
             axis.errorbar(names, means, yerr=errors, fmt=style, capsize=3, label=f"{method}, {example_set}")
     axis.set_xlabel("stage")
-    axis.set_ylabel(f"{metric} (95% bootstrap interval)")
-    axis.legend(fontsize="small")
-    figure.tight_layout()
-    path = Path(path)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return save_plot(figure, axis, metric, path)
