@@ -24,7 +24,7 @@ from typing import Any
 import dspy
 
 from restpg_dspy.errors import UsageError
-from restpg_dspy.optimizers.traces import predictor_lms, with_lms, without_lms
+from restpg_dspy.optimizers.traces import predictor_lms, without_lms
 from restpg_dspy.serving import serving_engine, split_decoding, with_decoding
 from restpg_dspy.serving.model_ids import adapter_hash
 
@@ -74,7 +74,9 @@ class PersonalRouter(dspy.Module):
             served_by = lms[self.routed[0]].model
         else:
             personal = {name: self._on_adapter(lms[name], folder) for name in self.routed}
-            program = with_lms(without_lms(self.program), lambda name: personal.get(name) or lms[name])
+            program = without_lms(self.program)  # a fresh copy: its predictors can take this call's LMs
+            for name, predictor in program.named_predictors():
+                predictor.lm = personal.get(name) or lms[name]
             prediction = program(**inputs)
             served_by = personal[self.routed[0]].model
         prediction.personal = folder is not None

@@ -166,9 +166,9 @@ def compile_dir(config: TableConfig, slug: str, method: str) -> Path:
 def personal_dir(config: TableConfig, slug: str, method: str) -> Path:
     """Where a ``<method>+personal`` row's adapters live: beside its compiled method's run, named by a digest of
     the personal settings."""
-    base = registry.METHODS[method].personal_of
+    compiled = compile_dir(config, slug, registry.METHODS[method].personal_of)
     digest = hashlib.sha256(json.dumps(config.personal, sort_keys=True).encode()).hexdigest()[:10]
-    return compile_dir(config, slug, base).with_name(f"{compile_dir(config, slug, base).name}-personal-{digest}")
+    return compiled.with_name(f"{compiled.name}-personal-{digest}")
 
 
 def personalize(
