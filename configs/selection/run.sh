@@ -10,6 +10,9 @@
 # recorded ids do (later code would name re-registered adapters anew and miss the evaluation cache):
 #   git worktree add ../selection-code c093c74, make setup there, link its runs/ to this checkout's runs/, run this
 #   script there, and copy its configs/selection/{calibration.json,results} back here to commit them.
+# That code predates restpg_dspy/allocator.py: start it with jemalloc by hand (apt-get install libjemalloc2), as
+#   LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 MALLOC_CONF=background_thread:true,dirty_decay_ms:30000,\
+#   muzzy_decay_ms:30000,oversize_threshold:0 configs/selection/run.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export LITELLM_LOCAL_MODEL_COST_MAP=True HF_HUB_OFFLINE=1
