@@ -1,9 +1,11 @@
-"""LoRA training step: logits only where a token is trained vs the full vocabulary projection of every position.
+"""LoRA training step: logits only where a token is trained vs the full vocabulary projection of every position, or
+LoRA dropout (0.05, the default) vs none.
 
-Run: ``.venv/bin/python benchmarks/lora_step.py [--model local] [--batch 8] [--length 300] [--answer 60]``.
-Rows are shaped like the optimizer's: a long prompt (profile + request) and a short assistant answer at the end.
-Both variants train the same LoRA model (forward, backward, AdamW step), alternating, and the script prints the
-median step time of each and their ratio (kept / full; below 1 is faster).
+Run: ``.venv/bin/python benchmarks/lora_step.py [--vary logits|dropout] [--model local] [--batch 8] [--length 300]
+[--answer 60]``. Rows are shaped like the optimizer's: a long prompt (profile + request) and a short assistant answer
+at the end. Both variants train the same LoRA model (forward, backward, AdamW step), alternating, and the script
+prints the median step time of each and their ratio (below 1: the candidate is faster). ``--vary dropout`` trains
+with kept logits and swaps each LoRA layer's dropout for the identity in the candidate, as PEFT builds it for 0.
 """
 
 import argparse
@@ -30,6 +32,7 @@ def kept_logits_loss(model, inputs, labels):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--vary", choices=("logits", "dropout"), default="logits", help="what the variants differ in")
     parser.add_argument("--model", default="local", help="'local' or 'local:<path>'")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--length", type=int, default=300, help="tokens per row")
@@ -39,7 +42,9 @@ def main() -> None:
 
     loaded = restpg_dspy.lm(args.model).engine.loaded
     model = load_causal_lm(loaded.path, torch.float32, loaded.device)
-    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
+    )
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     generator = torch.Generator().manual_seed(0)
     input_ids = torch.randint(10, loaded.tokenizer.vocab_size, (args.batch, args.length), generator=generator)
@@ -54,11 +59,28 @@ def main() -> None:
         optimizer.zero_grad()
         return loss.detach().item()
 
-    variants = {"full logits": full_logits_loss, "kept logits": kept_logits_loss}
-    results = median_times({name: functools.partial(train_step, fn) for name, fn in variants.items()}, args.steps)
+    if args.vary == "logits":
+        variants = {"full logits": full_logits_loss, "kept logits": kept_logits_loss}
+        runs = {name: functools.partial(train_step, fn) for name, fn in variants.items()}
+        candidate, baseline = "kept logits", "full logits"
+    else:
+        layers = [m for m in model.modules() if hasattr(m, "lora_dropout")]
+        originals = [m.lora_dropout["default"] for m in layers]
+
+        def with_dropout(enabled: bool) -> float:
+            for layer, original in zip(layers, originals, strict=True):
+                layer.lora_dropout["default"] = original if enabled else torch.nn.Identity()
+            return train_step(kept_logits_loss)
+
+        runs = {
+            "dropout 0.05": functools.partial(with_dropout, True),
+            "no dropout": functools.partial(with_dropout, False),
+        }
+        candidate, baseline = "no dropout", "dropout 0.05"
+    results = median_times(runs, args.steps)
 
     print(f"model: {loaded.name}  batch: {args.batch} x {args.length} tokens, {args.answer} trained per row")
-    print_ratio(results, "kept logits", "full logits")
+    print_ratio(results, candidate, baseline)
     print("last losses: " + ", ".join(f"{name} {loss:.3f}" for name, (_, loss) in results.items()))
 
 
