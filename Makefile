@@ -11,6 +11,9 @@ export PYTHONDONTWRITEBYTECODE :=
 PIP := $(BIN)/pip install --quiet --no-compile
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# Debian packages, refreshing the package lists only when the install fails without.
+apt_install = $(SUDO) apt-get install -y --no-install-recommends $(1) \
+	|| ($(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends $(1))
 
 .PHONY: setup test demo lint clean wordnet jemalloc
 
@@ -32,15 +35,13 @@ $(STAMP): pyproject.toml Makefile
 
 # WordNet for METEOR, offline: Debian's packages, copied where nltk looks (see evals/wordnet.py).
 wordnet:
-	test -f /usr/share/wordnet/index.sense || $(SUDO) apt-get install -y --no-install-recommends wordnet-base wordnet-sense-index \
-		|| ($(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends wordnet-base wordnet-sense-index)
+	test -f /usr/share/wordnet/index.sense || $(call apt_install,wordnet-base wordnet-sense-index)
 	$(BIN)/python -m restpg_dspy.evals.wordnet
 
 # jemalloc for the restpg command (restpg_dspy/allocator.py: LoRA training runs faster than under glibc's malloc),
 # from Debian's packages. Optional: where it cannot be installed, restpg runs on glibc's malloc.
 jemalloc:
-	test -f /usr/lib/$$(uname -m)-linux-gnu/libjemalloc.so.2 || $(SUDO) apt-get install -y --no-install-recommends libjemalloc2 \
-		|| ($(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends libjemalloc2)
+	test -f /usr/lib/$$(uname -m)-linux-gnu/libjemalloc.so.2 || $(call apt_install,libjemalloc2)
 
 # The vLLM tests run in a process of their own, so a loaded vLLM engine never shares one process's memory with the
 # models the other tests keep loaded.

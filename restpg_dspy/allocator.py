@@ -1,10 +1,12 @@
 """The memory allocator of a ``restpg`` process: jemalloc where the machine has it, glibc's malloc otherwise.
 
-A training step frees and re-allocates tensors of hundreds of MB. glibc's malloc serves every block over 32 MB with a
-fresh ``mmap`` and returns it on free, so each step faults its pages in from the kernel again; jemalloc keeps freed
-pages for reuse. ``benchmarks/allocator.py`` measures the difference side by side. An allocator is chosen when a
-process starts, so the ``restpg`` command starts itself again with jemalloc preloaded (once: the new process finds it
-loaded). ``RESTPG_ALLOCATOR=system`` keeps glibc's; a Python program of your own can preload it the same way::
+A training step frees and re-allocates tensors of hundreds of MB. Under glibc's malloc every block of 1 MiB or more
+gets a fresh ``mmap`` and is returned on free (the threshold :func:`restpg_dspy.memory.hold_mmap_threshold` holds, for
+memory's sake), so each step faults its pages in from the kernel again; jemalloc keeps freed pages for reuse and
+returns them after :data:`JEMALLOC_CONF`'s decay time (glibc's ``mallopt`` and ``malloc_trim`` then act on nothing).
+``benchmarks/allocator.py`` measures the difference side by side. An allocator is chosen when a process starts, so
+the ``restpg`` command starts itself again with jemalloc preloaded (once: the new process finds it loaded).
+``RESTPG_ALLOCATOR=system`` keeps glibc's; a Python program of your own can preload it the same way::
 
     LD_PRELOAD=$(python -c "from restpg_dspy.allocator import find_jemalloc; print(find_jemalloc())") python train.py
 
