@@ -3,9 +3,10 @@
 # Each step writes its small result files to configs/selection/results/<condition> (commit them); compile runs,
 # adapters and the evaluation cache live in runs/selection/shared and resume after a kill:
 #   nohup configs/selection/run.sh > runs/selection/run.log 2>&1 &
-# On another machine, unpack the compile runs' state and the evaluation cache first (tar xzf configs/selection/
-# state.tgz): nothing recorded is sampled or scored again, and a finished stage whose adapter is missing is trained
-# again from its recorded rows only if something still needs its weights.
+# On another machine, unpack the compile runs' state, the evaluation cache and the carried adapters first
+# (configs/selection/carry.sh restore; before giving a machine up, carry.sh save and commit): nothing recorded is
+# sampled or scored again, and a finished stage whose adapter was not carried is trained again from its recorded rows
+# only if something still needs its weights.
 # It runs on the code of commit c093c74, the last whose adapter ids cover the base model's path as the calibration's
 # recorded ids do (later code would name re-registered adapters anew and miss the evaluation cache):
 #   git worktree add ../selection-code c093c74, make setup there, link its runs/ to this checkout's runs/, run this
