@@ -1,11 +1,14 @@
-"""LoRA training step: logits only where a token is trained vs the full vocabulary projection of every position, or
-LoRA dropout (0.05, the default) vs none.
+"""LoRA training step: logits only where a token is trained vs the full vocabulary projection of every position,
+LoRA dropout (0.05, the default) vs none, or frozen base weights in bfloat16 vs float32.
 
-Run: ``.venv/bin/python benchmarks/lora_step.py [--vary logits|dropout] [--model local] [--batch 8] [--length 300]
-[--answer 60]``. Rows are shaped like the optimizer's: a long prompt (profile + request) and a short assistant answer
-at the end. Both variants train the same LoRA model (forward, backward, AdamW step), alternating, and the script
+Run: ``.venv/bin/python benchmarks/lora_step.py [--vary logits|dropout|dtype] [--model local] [--batch 8]
+[--length 300] [--answer 60]``. Rows are shaped like the optimizer's: a long prompt (profile + request) and a short
+assistant answer at the end. The variants train LoRA (forward, backward, AdamW step), alternating, and the script
 prints the median step time of each and their ratio (below 1: the candidate is faster). ``--vary dropout`` trains
 with kept logits and swaps each LoRA layer's dropout for the identity in the candidate, as PEFT builds it for 0.
+``--vary dtype`` trains two models with kept logits, one loaded in float32 (the CPU default) and one in bfloat16
+(``train_kwargs={"dtype": "bfloat16"}``: PEFT keeps the LoRA weights and their optimizer state in float32), and
+prints how far apart their first losses are.
 """
 
 import argparse
@@ -32,7 +35,9 @@ def kept_logits_loss(model, inputs, labels):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--vary", choices=("logits", "dropout"), default="logits", help="what the variants differ in")
+    parser.add_argument(
+        "--vary", choices=("logits", "dropout", "dtype"), default="logits", help="what the variants differ in"
+    )
     parser.add_argument("--model", default="local", help="'local' or 'local:<path>'")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--length", type=int, default=300, help="tokens per row")
@@ -41,18 +46,23 @@ def main() -> None:
     args = parser.parse_args()
 
     loaded = restpg_dspy.lm(args.model).engine.loaded
-    model = load_causal_lm(loaded.path, torch.float32, loaded.device)
-    model = get_peft_model(
-        model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
-    )
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+
+    def lora_model(dtype: torch.dtype) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        torch.manual_seed(0)  # the same LoRA initialisation in every variant
+        model = get_peft_model(
+            load_causal_lm(loaded.path, dtype, loaded.device),
+            LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM"),
+        )
+        return model, torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+
+    model, optimizer = lora_model(torch.float32)
     generator = torch.Generator().manual_seed(0)
     input_ids = torch.randint(10, loaded.tokenizer.vocab_size, (args.batch, args.length), generator=generator)
     labels = torch.full_like(input_ids, -100)
     labels[:, -args.answer :] = input_ids[:, -args.answer :]
     inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
 
-    def train_step(loss_fn):
+    def train_step(loss_fn, model=model, optimizer=optimizer):
         loss = loss_fn(model, inputs, labels)
         loss.backward()
         optimizer.step()
@@ -63,6 +73,18 @@ def main() -> None:
         variants = {"full logits": full_logits_loss, "kept logits": kept_logits_loss}
         runs = {name: functools.partial(train_step, fn) for name, fn in variants.items()}
         candidate, baseline = "kept logits", "full logits"
+    elif args.vary == "dtype":
+        half, half_optimizer = lora_model(torch.bfloat16)
+        first = {
+            "float32": train_step(kept_logits_loss),
+            "bfloat16": train_step(kept_logits_loss, half, half_optimizer),
+        }
+        print(f"first step's loss: float32 {first['float32']:.4f}, bfloat16 {first['bfloat16']:.4f}")
+        runs = {
+            "float32": functools.partial(train_step, kept_logits_loss),
+            "bfloat16": functools.partial(train_step, kept_logits_loss, half, half_optimizer),
+        }
+        candidate, baseline = "bfloat16", "float32"
     else:
         layers = [m for m in model.modules() if hasattr(m, "lora_dropout")]
         originals = [m.lora_dropout["default"] for m in layers]

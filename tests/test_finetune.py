@@ -439,3 +439,14 @@ def test_the_plan_checkpoints_before_it_splits_the_batch():
     tight = plan_memory(smol, longest_row=1024, budget_gib=4.0, **plan)
     assert tight.micro_batch_size * tight.accumulation == 8 and tight.micro_batch_size < 8
     assert tight.estimated_gib <= 4.0 < roomy.estimated_gib
+
+
+def test_bfloat16_base_weights_train_a_float32_adapter_on_the_cpu(tiny_lm, tmp_path):
+    question = "What is the largest animal?"
+    job, tuned = train(tiny_lm, [chat(question)] * 4, tmp_path, max_steps=40, dtype="bfloat16")
+    weights = load_file(f"{job.log['adapter']}/adapter_model.safetensors")
+    assert {t.dtype for t in weights.values()} == {torch.float32}  # the served base model is float32: so is the adapter
+    assert job.log["losses"][-1] < job.log["losses"][0] / 4
+    assert tuned(question, max_tokens=4)[0].startswith(TARGET)
+    _, in_float32 = train(tiny_lm, [chat(question)] * 4, tmp_path, max_steps=40)
+    assert in_float32.model != tuned.model  # the dtype is part of the training job, so of the adapter's id

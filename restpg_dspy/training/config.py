@@ -41,7 +41,8 @@ class LoRATrainingConfig:
     Attributes:
         r: LoRA rank.
         lora_alpha: LoRA scaling numerator (the update is scaled by ``lora_alpha / r``).
-        lora_dropout: Dropout on the LoRA input.
+        lora_dropout: Dropout on the LoRA input (its masks are about a quarter of a CPU step's time:
+            ``benchmarks/lora_step.py --vary dropout``; 0 is PEFT's default).
         target_modules: Modules that get LoRA weights: ``"all-linear"`` or a list of module names.
         learning_rate: Peak learning rate (AdamW).
         num_train_epochs: Passes over the training rows (ignored when ``max_steps`` > 0).
@@ -51,7 +52,10 @@ class LoRATrainingConfig:
         max_length: Longest tokenized row; longer rows are truncated and counted in the log.
         gradient_checkpointing: Recompute activations in the backward pass to save memory (also turned on by the
             memory plan when the budget needs it).
-        dtype: Training dtype, ``"auto"`` picks bfloat16 on a capable GPU and float32 otherwise.
+        dtype: The dtype of the frozen base weights while training: ``"auto"`` picks bfloat16 on a capable GPU
+            and float32 otherwise. ``"bfloat16"`` on a CPU with native bfloat16 (AMX or AVX512-BF16) trains faster
+            (``benchmarks/lora_step.py --vary dtype``); the LoRA weights and their optimizer state stay float32,
+            and the adapter is served on the float32 base weights.
         warmup_steps: Warm-up length: an integer number of steps, or a float in [0, 1) as a fraction of all steps.
         lr_scheduler_type: A transformers scheduler name.
         weight_decay: AdamW weight decay.

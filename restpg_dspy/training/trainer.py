@@ -8,6 +8,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,8 @@ from typing import Any
 from restpg_dspy.serving.model_ids import adapter_hash
 from restpg_dspy.serving.models import accepts_logits_to_keep, load_causal_lm, resolve_dtype
 from restpg_dspy.training.config import LoRATrainingConfig
+
+logger = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -177,6 +180,15 @@ class TrainingJobSpec:
         return cls(**{**fields, "config": LoRATrainingConfig(**fields["config"])})
 
 
+def _native_cpu_bfloat16() -> bool:
+    import torch
+
+    try:
+        return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def fit(job: TrainingJobSpec, tokenizer: Any = None) -> tuple[int, list[float], int]:
     """Train the adapter of ``job`` (in this process, which may be one rank of a launched job) and save it to
     ``<staging>/adapter`` from the main process; a checkpoint of the same job in ``job.checkpoints`` is resumed.
@@ -199,6 +211,8 @@ def fit(job: TrainingJobSpec, tokenizer: Any = None) -> tuple[int, list[float], 
     elif device.startswith("cuda") and "LOCAL_RANK" in os.environ:
         device = f"cuda:{os.environ['LOCAL_RANK']}"
     dtype = resolve_dtype(config.dtype, device)
+    if device == "cpu" and dtype == torch.bfloat16 and not _native_cpu_bfloat16():
+        logger.warning("dtype='bfloat16': this CPU has no native bfloat16 (AMX or AVX512-BF16); float32 trains faster")
     # A private copy of the base weights: LoRA layers are injected in place, and the served copy must not change.
     model = load_causal_lm(Path(job.model_path), dtype, device)
     if config.stack_on is not None:  # the adapter trained over becomes part of the frozen weights
