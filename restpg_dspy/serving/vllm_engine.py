@@ -21,7 +21,9 @@ import itertools
 import json
 import os
 import queue
+import sys
 import threading
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,6 +47,30 @@ def import_vllm() -> Any:
     except ImportError as err:
         raise UsageError(f"the vLLM backend needs vLLM, which is not installed ({err}); {INSTALL_HINT}") from None
     return vllm
+
+
+@contextmanager
+def _explained_kernel_scan_failure() -> Iterator[None]:
+    """Name the cause when vLLM cannot start because of what this process imported before it.
+
+    vLLM's CPU platform registers its kernels by scanning the namespace of every imported module
+    (``vllm.triton_utils.dispatcher._rebind_kernels``), and the scan breaks on objects of ``llvmlite`` (imported
+    with ``numba``): an engine started in-process after them fails with a bare ``AttributeError``.
+    """
+    try:
+        yield
+    except Exception as err:
+        frames = {frame.name for frame in traceback.extract_tb(err.__traceback__)}
+        if "_rebind_kernels" not in frames:
+            raise
+        held = sorted(name for name in sys.modules if name.split(".")[0] in ("llvmlite", "numba"))
+        cause = f", on modules imported before it ({', '.join(held[:3])}, ...)" if held else ""
+        raise UsageError(
+            "vLLM could not start in this process: registering its CPU kernels scans every imported module and "
+            f"failed ({type(err).__name__}: {err}){cause}. Sample through a `vllm serve` process instead "
+            "(restpg_dspy.lm('vllm-server:<url>', model=...)), or start the vLLM engine before anything imports "
+            "numba or llvmlite"
+        ) from err
 
 
 @contextmanager
@@ -216,7 +242,7 @@ class VLLMEngine(VLLMBackend):
         # On a CPU, a prompt split across steps (chunked prefill) crashes seeded sampling: vLLM rewinds the request's
         # generator with get_offset(), which CPU generators lack. Whole prompts per step avoid it.
         cpu_args = {"enable_chunked_prefill": False} if on_cpu else {}
-        with scoped_environment(environment):  # read while the engine starts; never left to leak into subprocesses
+        with scoped_environment(environment), _explained_kernel_scan_failure():
             llm = vllm.LLM(
                 model=str(self.path),
                 dtype=("float32" if on_cpu else "auto") if dtype == "auto" else dtype,
