@@ -14,7 +14,14 @@ here=configs/selection
 shared=runs/selection/shared
 case "${1:-}" in
 save)
+  # A running table is paused while its files are packed, so the evaluation cache (SQLite) is packed as one state.
+  pids=$(pgrep -f "restpg (table|calibrate)" || true)
+  if [ -n "$pids" ]; then
+    kill -STOP $pids
+    trap 'kill -CONT $pids' EXIT
+  fi
   tar czf "$here/state.tgz" --exclude=adapters --exclude='.checkpoints-*' "$shared"
+  if [ -n "$pids" ]; then kill -CONT $pids; trap - EXIT; fi
   rm -rf "$here/carry" && mkdir -p "$here/carry"
   .venv/bin/python - "$here" "$shared" <<'EOF'
 import json, subprocess, sys
