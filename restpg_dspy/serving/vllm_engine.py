@@ -242,6 +242,7 @@ class VLLMEngine(VLLMBackend):
         # On a CPU, a prompt split across steps (chunked prefill) crashes seeded sampling: vLLM rewinds the request's
         # generator with get_offset(), which CPU generators lack. Whole prompts per step avoid it.
         cpu_args = {"enable_chunked_prefill": False} if on_cpu else {}
+        # The environment is read while the engine starts, and never left to leak into subprocesses.
         with scoped_environment(environment), _explained_kernel_scan_failure():
             llm = vllm.LLM(
                 model=str(self.path),
