@@ -1,6 +1,7 @@
 """Sampling with a freshly trained adapter: today's default (the local engine, adapter unmerged) vs other samplers.
 
-Run: ``.venv/bin/python benchmarks/adapter_sampling.py [--inputs 12] [--samples 4] [--max-tokens 48] [--vllm]``.
+Run: ``.venv/bin/python benchmarks/adapter_sampling.py [--inputs 12] [--samples 4] [--max-tokens 48] [--vllm]
+[--only NAME,...]``.
 Two workloads, both a real ``PersonalizedWriter`` (a reasoning step, then a response step) on synthetic users, served
 by an adapter that ``lm.finetune`` has just trained on them:
 
@@ -11,6 +12,8 @@ Candidates run alternately in one process (machine noise hits them alike); each 
 and its ratio to today's default. A candidate's greedy predictions are compared with the default's word for word.
 Candidates: the local engine with the adapter merged into a copy of the weights (``merged_adapters=1``), with larger
 batches (``max_batch_size`` 64, 64 threads), and with ``--vllm`` vLLM serving the adapter and vLLM on merged weights.
+One more run, the default with one token per step, is prefill alone (each step's prompt read, one token written):
+its time as a share of the default's says how much of the workload no faster decoding can remove.
 """
 
 import argparse
@@ -19,6 +22,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from dspy.clients.base_lm import GLOBAL_HISTORY
 from side_by_side import median_times
 
 import restpg_dspy
@@ -27,6 +31,7 @@ from restpg_dspy.programs import PersonalizedWriter
 from restpg_dspy.retrieval import BM25
 
 BASELINE = "local, unmerged, batch 16"
+PREFILL = "prefill alone"
 
 
 def run_program(lm, examples, samples: int, threads: int) -> tuple[int, list[str]]:
@@ -44,6 +49,21 @@ def run_program(lm, examples, samples: int, threads: int) -> tuple[int, list[str
     with ThreadPoolExecutor(threads) as pool:
         responses = list(pool.map(draw, [(e, i) for e in examples for i in range(samples)]))
     return engine.stats["generated_tokens"] - before, responses
+
+
+def recording_calls(run, calls: list[list[dict]]) -> tuple[int, list[str]]:
+    """Run ``run`` and keep in ``calls`` the messages of every LM call it made (DSPy's history records them)."""
+    start = len(GLOBAL_HISTORY)
+    result = run()
+    calls[:] = [entry["messages"] for entry in GLOBAL_HISTORY[start:]]
+    return result
+
+
+def replay_prefill(lm, calls: list[list[dict]], threads: int) -> tuple[int, list[str]]:
+    """Send every recorded call again for one token: each prompt is read in full, nearly nothing is written."""
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(lambda messages: lm(messages=messages, max_tokens=1), calls))
+    return 0, []
 
 
 def train_adapter(examples, steps: int) -> Path:
@@ -81,6 +101,7 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--vllm", action="store_true", help="also vLLM with the adapter and vLLM on merged weights")
+    parser.add_argument("--only", help="comma-separated candidate names to run beside the default (default: all)")
     args = parser.parse_args()
 
     examples = synthetic("train", seed=0, users=args.inputs, requests_per_user=1)[: args.inputs]
@@ -99,21 +120,36 @@ def main() -> None:
         vllm = {"kv_cache_gib": 1, "max_model_len": 2048, **settings}
         candidates["vLLM, adapter"] = (restpg_dspy.lm("vllm:local", adapter=adapter, **vllm), 64)
         candidates["vLLM, merged weights"] = (restpg_dspy.lm(f"vllm:{merged_folder(adapter)}", **vllm), 64)
+    candidates[PREFILL] = (candidates[BASELINE][0], 16)
+    if args.only:
+        wanted = {BASELINE, *args.only.split(",")}
+        if unknown := wanted - set(candidates):
+            parser.error(f"--only: unknown candidates {sorted(unknown)}; known: {sorted(candidates)}")
+        candidates = {name: value for name, value in candidates.items() if name in wanted}
     print(
         f"adapter {adapter.name}; {len(examples)} inputs, max_tokens {args.max_tokens}; "
         f"E-step: {args.samples} samples per input at temperature 0.7; evaluation: greedy"
     )
     for workload, samples, temperature in (("E-step", args.samples, 0.7), ("evaluation", 1, 0.0)):
+        calls: list[list[dict]] = []  # the messages of the default's last run, which the prefill probe replays
         variants = {
             name: functools.partial(
                 run_program, lm.copy(temperature=temperature), examples, samples=samples, threads=threads
             )
             for name, (lm, threads) in candidates.items()
         }
+        variants[BASELINE] = functools.partial(recording_calls, variants[BASELINE], calls)
+        if PREFILL in variants:
+            variants[PREFILL] = functools.partial(
+                replay_prefill, candidates[PREFILL][0].copy(temperature=temperature), calls, threads=16
+            )
         results = median_times(variants, args.repeats)
         base_seconds, (base_tokens, base_responses) = results[BASELINE]
         print(f"\n{workload}")
         for name, (seconds, (tokens, responses)) in results.items():
+            if name == PREFILL:
+                print(f"{name:28s} {seconds:7.1f} s: {seconds / base_seconds:.0%} of the default's time")
+                continue
             ratio = (tokens / seconds) / (base_tokens / base_seconds)
             same = sum(a == b for a, b in zip(responses, base_responses, strict=True))
             print(

@@ -169,6 +169,20 @@ def test_repetition_controls_come_from_the_task_unless_the_config_sets_them(tmp_
     assert compile_dir(plain, "synthetic", "sft") == compile_dir(unset, "synthetic", "sft")
 
 
+def test_student_engine_settings_reach_the_engine_and_leave_run_identities_alone(tmp_path, tiny_model_dir):
+    import dataclasses
+
+    from restpg_dspy.experiments.table import config_lms
+
+    plain = tiny(tmp_path, tiny_model_dir, shared_dir=str(tmp_path / "shared"))
+    fast = dataclasses.replace(plain, student_engine={"merged_adapters": 1, "max_batch_size": 64})
+    engine = config_lms(fast)[0].engine
+    assert (engine.merged_adapters, engine.max_batch_size) == (1, 64)
+    assert config_lms(plain)[0].engine.merged_adapters == 0
+    assert config_lms(fast)[0].model == config_lms(plain)[0].model  # same outputs, same caches
+    assert compile_dir(fast, "synthetic", "rest-pg") == compile_dir(plain, "synthetic", "rest-pg")
+
+
 def test_the_datasets_reference_predictions_are_scored_like_a_method(tmp_path, tiny_model_dir):
     records = [
         {

@@ -90,6 +90,13 @@ class TableConfig:
             "(restpg_dspy.tasks.TASKS), {} for none."
         ),
     )
+    student_engine: dict[str, Any] = field(
+        default_factory=dict,
+        metadata=_help(
+            "Settings of the student's engine that change its speed, never its outputs (local: merged_adapters, "
+            "max_batch_size; see restpg_dspy.lm); not part of any run's identity."
+        ),
+    )
     num_threads: int = field(default=16, metadata=_help("Concurrent program runs."))
     optimizer: dict[str, Any] = field(
         default_factory=dict,

@@ -76,7 +76,7 @@ def config_lms(config: TableConfig) -> tuple[dspy.LM, dspy.LM | None, dspy.LM | 
     """The student, teacher and judge LMs of ``config`` (teacher and judge are ``None`` when unset)."""
     import restpg_dspy
 
-    student = restpg_dspy.lm(config.student, max_tokens=config.max_tokens)
+    student = restpg_dspy.lm(config.student, max_tokens=config.max_tokens, **config.student_engine)
     judge = restpg_dspy.lm(config.judge) if config.judge else None
     return student, teacher_lm(config.teacher, config), judge
 
