@@ -1,7 +1,7 @@
 """Sampling with a freshly trained adapter: today's default (the local engine, adapter unmerged) vs other samplers.
 
 Run: ``.venv/bin/python benchmarks/adapter_sampling.py [--inputs 12] [--samples 4] [--max-tokens 48] [--vllm]
-[--only NAME,...]``.
+[--only NAME ...]``.
 Two workloads, both a real ``PersonalizedWriter`` (a reasoning step, then a response step) on synthetic users, served
 by an adapter that ``lm.finetune`` has just trained on them:
 
@@ -11,9 +11,11 @@ by an adapter that ``lm.finetune`` has just trained on them:
 Candidates run alternately in one process (machine noise hits them alike); each prints generated tokens per second
 and its ratio to today's default. A candidate's greedy predictions are compared with the default's word for word.
 Candidates: the local engine with the adapter merged into a copy of the weights (``merged_adapters=1``), with larger
-batches (``max_batch_size`` 64, 64 threads), and with ``--vllm`` vLLM serving the adapter and vLLM on merged weights.
-One more run, the default with one token per step, is prefill alone (each step's prompt read, one token written):
-its time as a share of the default's says how much of the workload no faster decoding can remove.
+batches (``max_batch_size`` 64, 64 threads), both, both with the weights in bfloat16 (AMX reads bfloat16 matrices at
+several times float32's rate; other numerics, so other outputs), and with ``--vllm`` vLLM serving the adapter and vLLM
+on merged weights.
+One more run, prefill alone, replays the default's recorded calls for one token each (each prompt read, one token
+written): its time as a share of the default's says how much of the workload no faster decoding can remove.
 """
 
 import argparse
@@ -101,7 +103,9 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--vllm", action="store_true", help="also vLLM with the adapter and vLLM on merged weights")
-    parser.add_argument("--only", help="comma-separated candidate names to run beside the default (default: all)")
+    parser.add_argument(
+        "--only", action="append", help="a candidate to run beside the default (repeatable; default: all)"
+    )
     args = parser.parse_args()
 
     examples = synthetic("train", seed=0, users=args.inputs, requests_per_user=1)[: args.inputs]
@@ -115,6 +119,13 @@ def main() -> None:
             restpg_dspy.lm("local", adapter=adapter, merged_adapters=1, max_batch_size=64, **settings),
             64,
         ),
+        # Other numerics, so other outputs: only ever opt-in, whatever its speed.
+        "local, merged, batch 64, bfloat16": (
+            restpg_dspy.lm(
+                "local", adapter=adapter, merged_adapters=1, max_batch_size=64, dtype="bfloat16", **settings
+            ),
+            64,
+        ),
     }
     if args.vllm:
         vllm = {"kv_cache_gib": 1, "max_model_len": 2048, **settings}
@@ -122,7 +133,7 @@ def main() -> None:
         candidates["vLLM, merged weights"] = (restpg_dspy.lm(f"vllm:{merged_folder(adapter)}", **vllm), 64)
     candidates[PREFILL] = (candidates[BASELINE][0], 16)
     if args.only:
-        wanted = {BASELINE, *args.only.split(",")}
+        wanted = {BASELINE, *args.only}
         if unknown := wanted - set(candidates):
             parser.error(f"--only: unknown candidates {sorted(unknown)}; known: {sorted(candidates)}")
         candidates = {name: value for name, value in candidates.items() if name in wanted}

@@ -249,6 +249,16 @@ def test_the_local_engine_is_an_adapter_serving_engine(tiny_lm, tiny_engine):
     assert tiny_engine.adapter_path(tiny_engine.base_id) is None
 
 
+def test_weights_computing_in_another_dtype_get_their_own_model_ids(tiny_engine, tiny_model_dir, tmp_path):
+    lower = LocalEngine(str(tiny_model_dir), dtype="bfloat16")
+    assert lower.base_id == f"{tiny_engine.base_id}@bfloat16" and "@" not in tiny_engine.base_id
+    adapter = save_random_adapter(tiny_model_dir, tmp_path / "adapter", seed=3)
+    assert lower.register_adapter(adapter) == tiny_engine.register_adapter(adapter).replace("+", "@bfloat16+", 1)
+    assert lower.adapter_path(tiny_engine.base_id + "@bfloat16") is None
+    with pytest.raises(Exception, match="not served by this engine"):
+        lower.adapter_path(tiny_engine.base_id)  # float32 outputs are never served for bfloat16 ones, or back
+
+
 # --- repetition controls ----------------------------------------------------------------------------------------
 
 

@@ -26,7 +26,7 @@ from restpg_dspy.errors import UsageError
 from restpg_dspy.serving.generation import generate
 from restpg_dspy.serving.model_ids import adapter_hash
 from restpg_dspy.serving.models import LoadedModel, load_model
-from restpg_dspy.serving.queue import Job, QueuedEngine
+from restpg_dspy.serving.queue import Job, QueuedEngine, numerics_mark
 
 
 class _AdapterHost:
@@ -164,6 +164,10 @@ class LocalEngine(QueuedEngine):
     def weights_id(self) -> str:
         """The base weights: ``<name>-<content fingerprint>``."""
         return self.loaded.weights_id
+
+    @property
+    def _numerics(self) -> str:
+        return numerics_mark(self.loaded.dtype)
 
     @property
     def tokenizer(self) -> Any:

@@ -20,7 +20,8 @@ class AdapterServing(Protocol):
 
     Attributes:
         base_id: Model id of the base weights, ``<engine>/<weights_id>``: two engines give different ids (their
-            samples for one seed differ), so DSPy's cache never hands one engine's sample to the other.
+            samples for one seed differ), so DSPy's cache never hands one engine's sample to the other; the local
+            engine adds ``@<dtype>`` where its weights compute in another dtype than float32, for the same reason.
         weights_id: The base weights alone (name and content fingerprint), equal across engines.
         tokenizer: The served model's tokenizer (prompts are budgeted in its tokens).
         context_length: The most tokens a prompt and its completion may hold together.

@@ -47,6 +47,12 @@ _SHARED: dict[tuple, QueuedEngine] = {}
 _SHARED_LOCK = threading.Lock()
 
 
+def numerics_mark(dtype: Any) -> str:
+    """The model id's mark of the dtype that weights compute in: ``""`` for float32, else ``"@<dtype>"``."""
+    name = str(dtype).removeprefix("torch.")
+    return "" if name == "float32" else f"@{name}"
+
+
 class QueuedEngine:
     """DSPy's engine interface over a worker thread that decodes queued :class:`Job` s; engines subclass it.
 
@@ -113,8 +119,14 @@ class QueuedEngine:
 
     @property
     def base_id(self) -> str:
-        """Model id of the base weights, e.g. ``local/SmolLM2-135M-Instruct-1a2b3c4d``."""
-        return f"{self._base_prefix}/{self.weights_id}"
+        """Model id of the base weights, e.g. ``local/SmolLM2-135M-Instruct-1a2b3c4d`` (with ``@<dtype>`` where the
+        engine computes in a dtype other than float32, which gives other outputs)."""
+        return f"{self._base_prefix}/{self.weights_id}{self._numerics}"
+
+    @property
+    def _numerics(self) -> str:
+        """:func:`numerics_mark` of the dtype the weights compute in (subclasses that know it say so)."""
+        return ""
 
     def register_adapter(self, path: str | Path) -> str:
         """Make a saved LoRA adapter servable and return its model id (base id + adapter content hash)."""
