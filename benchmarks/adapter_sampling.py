@@ -1,4 +1,4 @@
-"""Sampling with a freshly trained adapter: today's default (the local engine, adapter unmerged) vs other samplers.
+"""Sampling with a freshly trained adapter: the local engine's former default vs other samplers.
 
 Run: ``.venv/bin/python benchmarks/adapter_sampling.py [--inputs 12] [--samples 4] [--max-tokens 48] [--vllm]
 [--only NAME ...]``.
@@ -9,13 +9,15 @@ by an adapter that ``lm.finetune`` has just trained on them:
 - the evaluation: one greedy prediction per input, from 16 threads (``restpg table``'s default).
 
 Candidates run alternately in one process (machine noise hits them alike); each prints generated tokens per second
-and its ratio to today's default. A candidate's greedy predictions are compared with the default's word for word.
-Candidates: the local engine with the adapter merged into a copy of the weights (``merged_adapters=1``), with larger
-batches (``max_batch_size`` 64, 64 threads), both, both with the weights in bfloat16 (AMX reads bfloat16 matrices at
-several times float32's rate; other numerics, so other outputs), and with ``--vllm`` vLLM serving the adapter and vLLM
-on merged weights.
-One more run, prefill alone, replays the default's recorded calls for one token each (each prompt read, one token
-written): its time as a share of the default's says how much of the workload no faster decoding can remove.
+and its ratio to the former default (adapter unmerged, batches of up to 16 rows, transformers' KV cache, which copies
+itself at every decoding step). A candidate's responses are compared with the former default's word for word.
+Candidates: the local engine as it now is by default (a KV cache reserved once per batch: ``kv_cache="reserved"``),
+with the adapter merged into a copy of the weights (``merged_adapters=1``), with larger batches (``max_batch_size``
+64, 64 threads), both, both with the weights in bfloat16 (AMX reads bfloat16 matrices at several times float32's
+rate; other numerics, so other outputs), and with ``--vllm`` vLLM serving the adapter and vLLM on merged weights.
+One more run, prefill alone, replays the former default's recorded calls for one token each (each prompt read, one
+token written): its time as a share of the former default's says how much of the workload faster decoding cannot
+remove.
 """
 
 import argparse
@@ -25,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from dspy.clients.base_lm import GLOBAL_HISTORY
+from dspy.lm15 import Config, Message, Request
 from side_by_side import median_times
 
 import restpg_dspy
@@ -32,7 +35,7 @@ from restpg_dspy.data import synthetic
 from restpg_dspy.programs import PersonalizedWriter
 from restpg_dspy.retrieval import BM25
 
-BASELINE = "local, unmerged, batch 16"
+BASELINE = "former default: dynamic KV cache"
 PREFILL = "prefill alone"
 
 
@@ -61,10 +64,23 @@ def recording_calls(run, calls: list[list[dict]]) -> tuple[int, list[str]]:
     return result
 
 
+def one_token_request(model: str, messages: list[dict]) -> Request:
+    """The recorded chat ``messages`` (text only, as DSPy's adapters write them) as a request for one token."""
+    system = "\n\n".join(m["content"] for m in messages if m["role"] == "system") or None
+    turns = [m for m in messages if m["role"] != "system"]
+    speak = {"user": Message.user, "assistant": Message.assistant}
+    return Request(
+        model=model,
+        messages=tuple(speak[m["role"]](m["content"]) for m in turns),
+        system=system,
+        config=Config(max_tokens=1),
+    )
+
+
 def replay_prefill(lm, calls: list[list[dict]], threads: int) -> tuple[int, list[str]]:
     """Send every recorded call again for one token: each prompt is read in full, nearly nothing is written."""
     with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(lambda messages: lm(messages=messages, max_tokens=1), calls))
+        list(pool.map(lambda messages: lm(one_token_request(lm.model, messages)), calls))
     return 0, []
 
 
@@ -104,7 +120,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--vllm", action="store_true", help="also vLLM with the adapter and vLLM on merged weights")
     parser.add_argument(
-        "--only", action="append", help="a candidate to run beside the default (repeatable; default: all)"
+        "--only", action="append", help="a candidate to run beside the former default (repeatable; default: all)"
     )
     args = parser.parse_args()
 
@@ -112,7 +128,8 @@ def main() -> None:
     adapter = train_adapter(examples, args.train_steps)
     settings = {"max_tokens": args.max_tokens, "cache": False}
     candidates = {
-        BASELINE: (restpg_dspy.lm("local", adapter=adapter, **settings), 16),
+        BASELINE: (restpg_dspy.lm("local", adapter=adapter, kv_cache="dynamic", **settings), 16),
+        "local, unmerged, batch 16": (restpg_dspy.lm("local", adapter=adapter, **settings), 16),
         "local, merged, batch 16": (restpg_dspy.lm("local", adapter=adapter, merged_adapters=1, **settings), 16),
         "local, unmerged, batch 64": (restpg_dspy.lm("local", adapter=adapter, max_batch_size=64, **settings), 64),
         "local, merged, batch 64": (
@@ -142,7 +159,7 @@ def main() -> None:
         f"E-step: {args.samples} samples per input at temperature 0.7; evaluation: greedy"
     )
     for workload, samples, temperature in (("E-step", args.samples, 0.7), ("evaluation", 1, 0.0)):
-        calls: list[list[dict]] = []  # the messages of the default's last run, which the prefill probe replays
+        calls: list[list[dict]] = []  # the messages of the former default's last run, which the prefill probe replays
         variants = {
             name: functools.partial(
                 run_program, lm.copy(temperature=temperature), examples, samples=samples, threads=threads
@@ -159,13 +176,13 @@ def main() -> None:
         print(f"\n{workload}")
         for name, (seconds, (tokens, responses)) in results.items():
             if name == PREFILL:
-                print(f"{name:28s} {seconds:7.1f} s: {seconds / base_seconds:.0%} of the default's time")
+                print(f"{name:33s} {seconds:7.1f} s: {seconds / base_seconds:.0%} of the former default's time")
                 continue
             ratio = (tokens / seconds) / (base_tokens / base_seconds)
             same = sum(a == b for a, b in zip(responses, base_responses, strict=True))
             print(
-                f"{name:28s} {seconds:7.1f} s {tokens:6d} tokens {tokens / seconds:7.1f} tokens/s  "
-                f"ratio {ratio:4.2f}  responses as the default's: {same}/{len(responses)}"
+                f"{name:33s} {seconds:7.1f} s {tokens:6d} tokens {tokens / seconds:7.1f} tokens/s  "
+                f"ratio {ratio:4.2f}  responses as the former default's: {same}/{len(responses)}"
             )
 
 

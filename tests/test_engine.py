@@ -343,6 +343,8 @@ def test_adapters_beyond_the_loaded_cap_are_dropped_and_loaded_again_on_demand(t
     assert [lm(prompt) for lm in reversed(lms)] == list(reversed(first))  # reloaded, they answer as before
     with pytest.raises(UsageError, match="max_loaded_adapters must be at least 1"):
         LocalEngine(str(tiny_model_dir), max_loaded_adapters=0)
+    with pytest.raises(UsageError, match="kv_cache must be one of"):
+        LocalEngine(str(tiny_model_dir), kv_cache="static")
 
 
 def test_a_mixed_batch_writes_for_each_request_what_its_own_adapter_writes(tiny_model_dir, tmp_path):

@@ -1,7 +1,9 @@
 import pytest
 import torch
 
-from restpg_dspy.serving.generation import SamplingParams, _choose_tokens, counter_uniforms, generate
+from restpg_dspy.serving.counter_noise import counter_uniforms
+from restpg_dspy.serving.generation import SamplingParams, _choose_tokens, generate
+from restpg_dspy.serving.kv_cache import reserved_cache
 from restpg_dspy.serving.models import load_model
 
 
@@ -109,6 +111,46 @@ def test_logprobs_are_reported_per_token(tiny):
 def test_mismatched_params_are_refused(tiny):
     with pytest.raises(ValueError, match="one SamplingParams per prompt"):
         run(tiny, [SamplingParams(max_tokens=1)], [[1, 2], [3]])
+
+
+def test_the_reserved_kv_cache_writes_the_dynamic_caches_tokens_and_logprobs(tiny, monkeypatch):
+    from restpg_dspy.serving import kv_cache
+
+    writes = []
+    update = kv_cache._ReservedLayer.update
+    monkeypatch.setattr(
+        kv_cache._ReservedLayer, "update", lambda self, *a, **k: writes.append(1) or update(self, *a, **k)
+    )
+    loaded, eos, prompt = tiny
+    short = loaded.tokenizer("Hi")["input_ids"]
+    # Shared prefills, prompts of two lengths, greedy and seeded rows, budgets that end rows at different steps.
+    prompts = [prompt, short, prompt, prompt, short]
+    params = [
+        SamplingParams(max_tokens=9, logprobs=2),
+        SamplingParams(max_tokens=4, temperature=1.0, seed=3, logprobs=2),
+        SamplingParams(max_tokens=12, temperature=0.8, seed=5, logprobs=2),
+        SamplingParams(max_tokens=2, temperature=1.2, seed=7, logprobs=2, no_repeat_ngram_size=2),
+        SamplingParams(max_tokens=12, logprobs=2, repetition_penalty=1.3),
+    ]
+    reserved, dynamic = (
+        generate(loaded.model, loaded.tokenizer, prompts, params, eos, kv_cache=cache)
+        for cache in ("reserved", "dynamic")
+    )
+    assert len(writes) == 2 * 12  # the reserved run wrote through its layers (2) at each of its 12 forward passes
+    for a, b in zip(reserved, dynamic, strict=True):
+        assert (a.token_ids, a.finish_reason) == (b.token_ids, b.finish_reason)
+        assert [(s.token_id, s.logprob, s.top) for s in a.scores] == [(s.token_id, s.logprob, s.top) for s in b.scores]
+    assert [len(c.token_ids) for c in reserved] == [9, 4, 12, 2, 12]
+    with pytest.raises(ValueError, match="kv_cache must be one of"):
+        generate(loaded.model, loaded.tokenizer, [prompt], params[:1], eos, kv_cache="static")
+
+
+def test_only_models_whose_layers_all_attend_in_full_get_a_reserved_cache():
+    from transformers import LlamaConfig, MistralConfig
+
+    shape = {"num_hidden_layers": 2, "hidden_size": 16, "num_attention_heads": 2, "intermediate_size": 32}
+    assert reserved_cache(LlamaConfig(**shape), reserve=4) is not None
+    assert reserved_cache(MistralConfig(sliding_window=8, **shape), reserve=4) is None  # transformers' own layers
 
 
 def _splitmix(x):

@@ -3,11 +3,11 @@
 #   configs/selection/carry.sh save     # before a machine is given up: pack what a fresh one needs, then commit
 #   configs/selection/carry.sh restore  # on a fresh machine, before run.sh: unpack it
 # save writes state.tgz (every compile run's records and the evaluation cache, without adapters or mid-training
-# checkpoints) and, in carry/, the adapter of the last finished stage of each compile run whose method the table has
-# not evaluated yet: the next E-step samples from it, and the next evaluation serves it. Each adapter is an
-# uncompressed, reproducible tar (fixed order, owner and times), so one committed twice is stored once. A stage
-# interrupted mid-training is not carried: it trains again from its recorded rows, so a machine is best given up
-# just after a stage finishes.
+# checkpoints) and, in carry/, the adapter of the last finished stage of each compile run: the next E-step samples
+# from it, the next evaluation serves it, and the personal-adapter experiment (configs/personal) trains over the
+# finished ones. Each adapter is an uncompressed, reproducible tar (fixed order, owner and times), so one committed
+# twice is stored once. A stage interrupted mid-training is not carried: it trains again from its recorded rows, so a
+# machine is best given up just after a stage finishes.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 here=configs/selection
@@ -28,15 +28,7 @@ import json, subprocess, sys
 from pathlib import Path
 
 here, shared = Path(sys.argv[1]), Path(sys.argv[2])
-# Compile runs the table has evaluated (its predictions are written and its compile_runs.json names the run).
-evaluated = set()
-for runs_file in (here / "results").glob("*/*/compile_runs.json"):
-    for method, run in json.loads(runs_file.read_text()).items():
-        if (runs_file.parent / f"{method}.predictions.jsonl").exists():
-            evaluated.add(Path(run).resolve())
 for run in sorted(p for p in (shared / "synthetic").iterdir() if p.name not in ("adapters", "calibration")):
-    if run.resolve() in evaluated:
-        continue
     stages = sorted((p for p in run.glob("*/model.json")), key=lambda p: (p.parent.name != "sft", p.parent.name))
     if not stages:
         continue

@@ -3,12 +3,14 @@
 Every row of a batch keeps its own temperature, nucleus/top-k filter, token budget, stop strings and randomness,
 so a request's sample depends on its own seed and not on which other requests shared its batch.
 Rows with the same prompt (several samples of one input) share one prefill; rows leave the batch (and its KV
-cache) as soon as they finish.
+cache, allocated once with room for the batch's token budget: :mod:`~restpg_dspy.serving.kv_cache`) as soon as they
+finish.
 
 Randomness: on the CPU each row draws from its own ``torch.Generator``. On a GPU, where one small draw per row per
 step would stall the device, the whole batch samples in one pass with the Gumbel-max trick, the noise of row ``r``
-at step ``t`` for token ``v`` being a counter-based hash (splitmix64) of ``(seed_r, t, v)``: still a function of the
-row's own seed alone. The two devices give different samples for the same seed.
+at step ``t`` for token ``v`` being a counter-based hash of ``(seed_r, t, v)``
+(:mod:`~restpg_dspy.serving.counter_noise`): still a function of the row's own seed alone. The two devices give
+different samples for the same seed.
 """
 
 from __future__ import annotations
@@ -19,7 +21,11 @@ from typing import Any
 
 import torch
 
+from restpg_dspy.serving.counter_noise import counter_uniforms
+from restpg_dspy.serving.kv_cache import reserved_cache
 from restpg_dspy.serving.models import accepts_logits_to_keep
+
+KV_CACHES = ("reserved", "dynamic")
 
 
 @dataclass(frozen=True)
@@ -188,43 +194,6 @@ def _choose_tokens(
     return picks
 
 
-# splitmix64's constants as signed 64-bit integers (torch has no unsigned 64-bit arithmetic on every device).
-_GOLDEN = -7046029254386353131  # 0x9E3779B97F4A7C15
-_MIX_1 = -4658895280553007687  # 0xBF58476D1CE4E5B9
-_MIX_2 = -7723592293110705685  # 0x94D049BB133111EB
-
-
-def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
-    """Logical right shift of int64 values (``>>`` is arithmetic on signed integers)."""
-    return (x >> bits) & ((1 << (64 - bits)) - 1)
-
-
-def _mix64(x: torch.Tensor) -> torch.Tensor:
-    """splitmix64's finalizer, in wrapping int64 arithmetic."""
-    x = x ^ _shift_right(x, 30)
-    x = x * _MIX_1
-    x = x ^ _shift_right(x, 27)
-    x = x * _MIX_2
-    return x ^ _shift_right(x, 31)
-
-
-def counter_uniforms(seeds: torch.Tensor, steps: torch.Tensor, vocab: int) -> torch.Tensor:
-    """Uniforms in (0, 1), shape ``(rows, vocab)``: entry ``[r, v]`` hashes ``(seeds[r], steps[r], v)`` alone.
-
-    Each value has 23 random bits, placed at the centre of one of 2**23 equal intervals, so neither 0 nor 1 occurs.
-
-    Example:
-        >>> u = counter_uniforms(torch.tensor([7, 8]), torch.tensor([0, 0]), 4)
-        >>> alone = counter_uniforms(torch.tensor([8]), torch.tensor([0]), 4)
-        >>> bool(((u > 0) & (u < 1)).all()), torch.equal(u[1], alone[0])
-        (True, True)
-    """
-    rows = _mix64(seeds.long() * _GOLDEN + steps.long())
-    tokens = torch.arange(vocab, device=seeds.device, dtype=torch.long) * _GOLDEN
-    bits = _shift_right(_mix64(rows[:, None] + tokens[None, :]), 41)
-    return (bits.to(torch.float32) + 0.5) / float(1 << 23)
-
-
 def _hits_stop(tokenizer: Any, token_ids: list[int], stop: tuple[str, ...]) -> bool:
     window = max(len(s) for s in stop) + 2  # a token spans at least one character
     tail = tokenizer.decode(token_ids[-window:], skip_special_tokens=True)
@@ -244,6 +213,7 @@ def generate(
     params: list[SamplingParams],
     eos_token_ids: set[int],
     adapters: list[str] | None = None,
+    kv_cache: str = "reserved",
 ) -> list[Completion]:
     """Generate one completion per prompt in a single left-padded batch with a shared KV cache.
 
@@ -258,12 +228,17 @@ def generate(
         eos_token_ids: Tokens that end a completion with reason ``"stop"``.
         adapters: For a PEFT ``model``, the name of the loaded adapter each prompt is generated with
             (``"__base__"``: the base weights), so that one batch serves several adapters; ``None``: the active one.
+        kv_cache: ``"reserved"`` allocates each layer's cache once, with room for the batch's token budget
+            (:mod:`~restpg_dspy.serving.kv_cache`); ``"dynamic"`` grows it by concatenation at every step
+            (transformers' default, slower). The tokens are the same.
 
     Returns:
         One :class:`Completion` per prompt, in order.
     """
     if len(prompts) != len(params):
         raise ValueError("generate needs one SamplingParams per prompt")
+    if kv_cache not in KV_CACHES:
+        raise ValueError(f"kv_cache must be one of {KV_CACHES}, not {kv_cache!r}")
     device = model.device
     # A prompt's prefill is shared by the rows that generate it with the same weights.
     keys = list(zip(adapters or [""] * len(prompts), map(tuple, prompts), strict=True))
@@ -280,7 +255,16 @@ def generate(
     last_only = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
     if adapters is not None:
         last_only["adapter_names"] = [w for w, _ in distinct]
-    output = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True, **last_only)
+    reserve = max(p.max_tokens for p in params)
+    cache = reserved_cache(model.config, reserve) if kv_cache == "reserved" else None
+    output = model(
+        input_ids=input_ids,
+        attention_mask=attention,
+        position_ids=positions,
+        past_key_values=cache,
+        use_cache=True,
+        **last_only,
+    )
     cache, logits = output.past_key_values, output.logits[:, -1, :]
     if len(distinct) < len(prompts):
         rows = torch.tensor(source, device=device)
