@@ -8,7 +8,8 @@ by an adapter that ``lm.finetune`` has just trained on them:
 - the E-step: ``--samples`` seeded samples per input at temperature 0.7, from 16 threads (``RESTPG``'s default);
 - the evaluation: one greedy prediction per input, from 16 threads (``restpg table``'s default).
 
-Candidates run alternately in one process (machine noise hits them alike); each prints generated tokens per second
+Candidates run alternately in one process (machine noise hits them alike); each prints generated tokens per second,
+its batches' rows and the share of their decoding slots that wrote a token (``row_steps`` in the engine's stats),
 and its ratio to the former default (adapter unmerged, batches of up to 16 rows, transformers' KV cache, which copies
 itself at every decoding step). A candidate's responses are compared with the former default's word for word.
 Candidates: the local engine as it now is by default (a KV cache reserved once per batch: ``kv_cache="reserved"``),
@@ -39,10 +40,12 @@ BASELINE = "former default: dynamic KV cache"
 PREFILL = "prefill alone"
 
 
-def run_program(lm, examples, samples: int, threads: int) -> tuple[int, list[str]]:
-    """Run the program ``samples`` times per example (seeded when sampling); return tokens generated and responses."""
+def run_program(lm, examples, samples: int, threads: int) -> tuple[int, list[str], str]:
+    """Run the program ``samples`` times per example (seeded when sampling); return tokens generated, responses and
+    how full the engine's batches were: rows per batch, and the share of decoding slots that wrote a token (a batch
+    holds every row until its longest ends)."""
     engine = lm.engine
-    before = engine.stats["generated_tokens"]
+    before = dict(engine.stats)
     program = PersonalizedWriter(retriever=BM25(k=2))
 
     def draw(job):
@@ -53,10 +56,16 @@ def run_program(lm, examples, samples: int, threads: int) -> tuple[int, list[str
 
     with ThreadPoolExecutor(threads) as pool:
         responses = list(pool.map(draw, [(e, i) for e in examples for i in range(samples)]))
-    return engine.stats["generated_tokens"] - before, responses
+    done = {name: engine.stats[name] - before[name] for name in engine.stats}
+    fill = done["generated_tokens"] / max(1, done["row_steps"])
+    return (
+        done["generated_tokens"],
+        responses,
+        f"{done['rows'] / max(1, done['batches']):4.1f} rows/batch, {fill:4.0%} filled",
+    )
 
 
-def recording_calls(run, calls: list[list[dict]]) -> tuple[int, list[str]]:
+def recording_calls(run, calls: list[list[dict]]) -> tuple[int, list[str], str]:
     """Run ``run`` and keep in ``calls`` the messages of every LM call it made (DSPy's history records them)."""
     start = len(GLOBAL_HISTORY)
     result = run()
@@ -77,11 +86,11 @@ def one_token_request(model: str, messages: list[dict]) -> Request:
     )
 
 
-def replay_prefill(lm, calls: list[list[dict]], threads: int) -> tuple[int, list[str]]:
+def replay_prefill(lm, calls: list[list[dict]], threads: int) -> tuple[int, list[str], str]:
     """Send every recorded call again for one token: each prompt is read in full, nearly nothing is written."""
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(lambda messages: lm(one_token_request(lm.model, messages)), calls))
-    return 0, []
+    return 0, [], ""
 
 
 def train_adapter(examples, steps: int) -> Path:
@@ -172,9 +181,9 @@ def main() -> None:
                 replay_prefill, candidates[PREFILL][0].copy(temperature=temperature), calls, threads=16
             )
         results = median_times(variants, args.repeats)
-        base_seconds, (base_tokens, base_responses) = results[BASELINE]
+        base_seconds, (base_tokens, base_responses, _) = results[BASELINE]
         print(f"\n{workload}")
-        for name, (seconds, (tokens, responses)) in results.items():
+        for name, (seconds, (tokens, responses, batches)) in results.items():
             if name == PREFILL:
                 print(f"{name:33s} {seconds:7.1f} s: {seconds / base_seconds:.0%} of the former default's time")
                 continue
@@ -182,7 +191,8 @@ def main() -> None:
             same = sum(a == b for a, b in zip(responses, base_responses, strict=True))
             print(
                 f"{name:33s} {seconds:7.1f} s {tokens:6d} tokens {tokens / seconds:7.1f} tokens/s  "
-                f"ratio {ratio:4.2f}  responses as the former default's: {same}/{len(responses)}"
+                f"ratio {ratio:4.2f}  {batches}  responses as the former default's: "
+                f"{same}/{len(responses)}"
             )
 
 

@@ -47,6 +47,22 @@ def test_concurrent_calls_are_coalesced_into_batches(tiny_engine, tiny_model_dir
     assert tiny_engine.stats["batches"] - before["batches"] < 8
 
 
+def test_row_steps_count_the_decoding_slots_a_batch_held(tiny_model_dir):
+    from concurrent.futures import Future
+
+    from restpg_dspy.serving.generation import SamplingParams
+    from restpg_dspy.serving.queue import Job
+
+    engine = LocalEngine(str(tiny_model_dir), batch_window_ms=0.0)
+    prompt = engine.tokenizer("Hello there")["input_ids"]
+    jobs = [Job(engine.base_id, prompt, SamplingParams(max_tokens=budget), Future()) for budget in (3, 9)]
+    engine._eos = set()  # every row decodes its whole budget
+    engine._run(engine.base_id, jobs)
+    assert [len(job.future.result().token_ids) for job in jobs] == [3, 9]
+    # Two rows held the batch's 9 steps: 18 slots, 12 of them wrote a token.
+    assert engine.stats == {"batches": 1, "rows": 2, "generated_tokens": 12, "row_steps": 18}
+
+
 def test_dspy_cache_serves_repeated_calls_without_generating(tiny_engine, tiny_lm):
     prompt = f"Cache probe {uuid.uuid4()}"
     first = tiny_lm(prompt)

@@ -121,7 +121,9 @@ class LocalEngine(QueuedEngine):
             only the speed differs.
 
     Attributes:
-        stats: Counters of batches run, rows generated and tokens generated, for throughput monitoring.
+        stats: Counters for throughput monitoring: ``batches`` run, ``rows`` and ``generated_tokens`` generated, and
+            ``row_steps``, each batch's rows times the decoding steps it ran (a batch runs until its longest row
+            ends), so ``generated_tokens / row_steps`` is the share of decoding slots that wrote a token.
     """
 
     _base_prefix = "local"
@@ -164,7 +166,7 @@ class LocalEngine(QueuedEngine):
         tokenizer = self.loaded.tokenizer
         eos = self.loaded.model.generation_config.eos_token_id
         self._eos = {tokenizer.eos_token_id, *(eos if isinstance(eos, list) else [eos] if eos is not None else [])}
-        self.stats = {"batches": 0, "rows": 0, "generated_tokens": 0}
+        self.stats = {"batches": 0, "rows": 0, "generated_tokens": 0, "row_steps": 0}
         self.settings = {name: getattr(self, name) for name in self.setting_defaults()}
 
     @property
@@ -274,5 +276,6 @@ class LocalEngine(QueuedEngine):
         self.stats["batches"] += 1
         self.stats["rows"] += len(jobs)
         self.stats["generated_tokens"] += sum(len(c.token_ids) for c in completions)
+        self.stats["row_steps"] += len(jobs) * max(len(c.token_ids) for c in completions)
         for job, completion in zip(jobs, completions, strict=True):
             job.future.set_result(completion)
