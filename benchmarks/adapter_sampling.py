@@ -9,13 +9,15 @@ by an adapter that ``lm.finetune`` has just trained on them:
 - the evaluation: one greedy prediction per input, from 16 threads (``restpg table``'s default).
 
 Candidates run alternately in one process (machine noise hits them alike); each prints generated tokens per second,
-its batches' rows and the share of their decoding slots that wrote a token (``row_steps`` in the engine's stats),
-and its ratio to the former default (adapter unmerged, batches of up to 16 rows, transformers' KV cache, which copies
-itself at every decoding step). A candidate's responses are compared with the former default's word for word.
-Candidates: the local engine as it now is by default (a KV cache reserved once per batch: ``kv_cache="reserved"``),
-with the adapter merged into a copy of the weights (``merged_adapters=1``), with larger batches (``max_batch_size``
-64, 64 threads), both, both with the weights in bfloat16 (AMX reads bfloat16 matrices at several times float32's
-rate; other numerics, so other outputs), and with ``--vllm`` vLLM serving the adapter and vLLM on merged weights.
+how many rows shared a decoding step on average (``row_steps / steps`` in the engine's stats), and its ratio to the
+former default (adapter unmerged, batches of up to 16 rows, transformers' KV cache, which copies itself at every
+decoding step). A candidate's responses are compared with the former default's word for word.
+Candidates, on the local engine: as it now is by default (a KV cache reserved once per batch); with the adapter
+merged into a copy of the weights (``merged_adapters=1``); with larger batches (``max_batch_size`` 64, 64 threads);
+merged with batches of 64; the default and merged-with-64 with continuous batching (``batching="continuous"``:
+requests join a decoding batch between steps); merged with batches of 64 in bfloat16 (AMX reads bfloat16 matrices at
+several times float32's rate; other numerics, so other outputs); and with ``--vllm``, vLLM serving the adapter and
+vLLM on merged weights.
 One more run, prefill alone, replays the former default's recorded calls for one token each (each prompt read, one
 token written): its time as a share of the former default's says how much of the workload faster decoding cannot
 remove.
@@ -42,8 +44,7 @@ PREFILL = "prefill alone"
 
 def run_program(lm, examples, samples: int, threads: int) -> tuple[int, list[str], str]:
     """Run the program ``samples`` times per example (seeded when sampling); return tokens generated, responses and
-    how full the engine's batches were: rows per batch, and the share of decoding slots that wrote a token (a batch
-    holds every row until its longest ends)."""
+    how many rows shared each of the engine's decoding steps on average."""
     engine = lm.engine
     before = dict(engine.stats)
     program = PersonalizedWriter(retriever=BM25(k=2))
@@ -57,12 +58,7 @@ def run_program(lm, examples, samples: int, threads: int) -> tuple[int, list[str
     with ThreadPoolExecutor(threads) as pool:
         responses = list(pool.map(draw, [(e, i) for e in examples for i in range(samples)]))
     done = {name: engine.stats[name] - before[name] for name in engine.stats}
-    fill = done["generated_tokens"] / max(1, done["row_steps"])
-    return (
-        done["generated_tokens"],
-        responses,
-        f"{done['rows'] / max(1, done['batches']):4.1f} rows/batch, {fill:4.0%} filled",
-    )
+    return done["generated_tokens"], responses, f"{done['row_steps'] / max(1, done['steps']):4.1f} rows/step"
 
 
 def recording_calls(run, calls: list[list[dict]]) -> tuple[int, list[str], str]:
@@ -143,6 +139,16 @@ def main() -> None:
         "local, unmerged, batch 64": (restpg_dspy.lm("local", adapter=adapter, max_batch_size=64, **settings), 64),
         "local, merged, batch 64": (
             restpg_dspy.lm("local", adapter=adapter, merged_adapters=1, max_batch_size=64, **settings),
+            64,
+        ),
+        "local, unmerged, batch 16, continuous": (
+            restpg_dspy.lm("local", adapter=adapter, batching="continuous", **settings),
+            16,
+        ),
+        "local, merged, batch 64, continuous": (
+            restpg_dspy.lm(
+                "local", adapter=adapter, merged_adapters=1, max_batch_size=64, batching="continuous", **settings
+            ),
             64,
         ),
         # Other numerics, so other outputs: only ever opt-in, whatever its speed.

@@ -28,7 +28,7 @@ from collections.abc import Callable
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-from restpg_dspy.serving import generation
+from restpg_dspy.serving import decoding, generation
 from restpg_dspy.serving.generation import SamplingParams
 
 TEMPERATURE = 0.7
@@ -136,7 +136,7 @@ def main() -> None:
 
     if "engine" in args.methods:
         spent = {"choose": 0.0}
-        choose = generation._choose_tokens
+        choose = decoding.choose_tokens
 
         def timed_choose(*a: object, **k: object) -> list[int]:
             synchronize(args.device)
@@ -145,10 +145,10 @@ def main() -> None:
             spent["choose"] += time.perf_counter() - start
             return chosen
 
-        generation._choose_tokens = timed_choose
+        decoding.choose_tokens = timed_choose
         batch = max(args.batches)
         total = timed(lambda: run_engine(all_prompts[:batch], args.new_tokens), args.device)
-        generation._choose_tokens = choose
+        decoding.choose_tokens = choose
         print(f"engine at batch {batch}: {total:.2f} s, of which choosing tokens {spent['choose']:.2f} s")
 
     few = all_prompts[:4]

@@ -47,7 +47,7 @@ def test_concurrent_calls_are_coalesced_into_batches(tiny_engine, tiny_model_dir
     assert tiny_engine.stats["batches"] - before["batches"] < 8
 
 
-def test_row_steps_count_the_decoding_slots_a_batch_held(tiny_model_dir):
+def test_stats_count_the_steps_and_the_rows_that_shared_them(tiny_model_dir):
     from concurrent.futures import Future
 
     from restpg_dspy.serving.generation import SamplingParams
@@ -59,8 +59,77 @@ def test_row_steps_count_the_decoding_slots_a_batch_held(tiny_model_dir):
     engine._eos = set()  # every row decodes its whole budget
     engine._run(engine.base_id, jobs)
     assert [len(job.future.result().token_ids) for job in jobs] == [3, 9]
-    # Two rows held the batch's 9 steps: 18 slots, 12 of them wrote a token.
-    assert engine.stats == {"batches": 1, "rows": 2, "generated_tokens": 12, "row_steps": 18}
+    # 9 steps: both rows in the first 3, one row in the other 6.
+    assert engine.stats == {"batches": 1, "rows": 2, "generated_tokens": 12, "steps": 9, "row_steps": 12}
+
+
+def test_requests_arriving_while_a_batch_decodes_join_it_between_steps(tiny_model_dir, monkeypatch):
+    from concurrent.futures import Future
+
+    from restpg_dspy.serving import decoding
+    from restpg_dspy.serving.generation import SamplingParams
+    from restpg_dspy.serving.queue import Job
+
+    engine = LocalEngine(str(tiny_model_dir), batching="continuous", max_batch_size=2)
+    engine._eos = set()
+    prompts = [engine.tokenizer(text)["input_ids"] for text in ("Hello there", "Hi", "A longer request than the rest")]
+
+    def job(i):
+        return Job(engine.base_id, prompts[i], SamplingParams(max_tokens=4 + i, temperature=0.7, seed=i), Future())
+
+    first, late = [job(0)], [job(1), job(2)]
+    added, add, step = [], decoding.DecodingBatch.add, decoding.DecodingBatch.step
+
+    def counting_add(batch, prompts, *args):
+        added.append(len(prompts))
+        return add(batch, prompts, *args)
+
+    def step_then_queue(batch):
+        if batch.steps == 1:  # two requests arrive after the first step; the batch has room for one at a time
+            for waiting in late:
+                engine._queue.put(waiting)
+        return step(batch)
+
+    monkeypatch.setattr(decoding.DecodingBatch, "add", counting_add)
+    monkeypatch.setattr(decoding.DecodingBatch, "step", step_then_queue)
+    engine._decode_continuously(engine.base_id, list(first), {})
+    assert added == [1, 1, 1] and engine.stats["batches"] == 1  # one batch; each late request joined it
+    static = LocalEngine(str(tiny_model_dir), batch_window_ms=0.0)
+    static._eos = set()
+    alone = static._generate(static.loaded.model, [prompts[i] for i in range(3)], [j.params for j in first + late])
+    assert [j.future.result().token_ids for j in first + late] == [c.token_ids for c in alone]
+
+
+@pytest.mark.parametrize("max_batch_size", [3, 16])
+def test_continuous_batching_answers_as_static_batching_does(tiny_model_dir, tmp_path, max_batch_size):
+    from concurrent.futures import ThreadPoolExecutor
+
+    adapter = save_random_adapter(tiny_model_dir, tmp_path / "a", seed=5)
+    answers = []
+    for batching in ("static", "continuous"):
+        lm = restpg_dspy.lm(
+            f"local:{tiny_model_dir}",
+            cache=False,
+            batching=batching,
+            max_batch_size=max_batch_size,
+            batch_window_ms=0.0,
+        )
+        tuned = lm.copy(model=lm.engine.register_adapter(adapter))
+        calls = [
+            (tuned if i % 3 == 0 else lm, f"Request {i}: tell me about rivers{'!' * i}", 3 + 2 * (i % 4), i % 2)
+            for i in range(12)
+        ]
+        with ThreadPoolExecutor(12) as pool:
+            answers.append(
+                list(pool.map(lambda c: c[0](c[1], max_tokens=c[2], temperature=0.8 * c[3], seed=c[3] + 7), calls))
+            )
+        assert lm.engine.stats["rows"] == 12
+    static, continuous = answers
+    assert continuous == static
+    with pytest.raises(UsageError, match="batching must be"):
+        LocalEngine(str(tiny_model_dir), batching="dynamic")
+    with pytest.raises(UsageError, match="batching='static' only"):
+        LocalEngine(str(tiny_model_dir), batching="continuous", mixed_adapter_batches=True)
 
 
 def test_dspy_cache_serves_repeated_calls_without_generating(tiny_engine, tiny_lm):

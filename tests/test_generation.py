@@ -2,9 +2,10 @@ import pytest
 import torch
 
 from restpg_dspy.serving.counter_noise import counter_uniforms
-from restpg_dspy.serving.generation import SamplingParams, _choose_tokens, generate
+from restpg_dspy.serving.generation import SamplingParams, generate
 from restpg_dspy.serving.kv_cache import reserved_cache
 from restpg_dspy.serving.models import load_model
+from restpg_dspy.serving.sampling import choose_tokens, control_repetition
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +146,32 @@ def test_the_reserved_kv_cache_writes_the_dynamic_caches_tokens_and_logprobs(tin
         generate(loaded.model, loaded.tokenizer, [prompt], params[:1], eos, kv_cache="static")
 
 
+@pytest.mark.parametrize("kv_cache", ["reserved", "dynamic"])
+def test_rows_joining_a_batch_between_steps_write_what_they_write_alone(tiny, kv_cache):
+    from restpg_dspy.serving.decoding import DecodingBatch
+
+    loaded, eos, prompt = tiny
+    short = loaded.tokenizer("Hi")["input_ids"]
+    long = loaded.tokenizer("A much longer request, which runs on for more words than the others do. " * 3)["input_ids"]
+    first = [SamplingParams(max_tokens=10), SamplingParams(max_tokens=6, temperature=1.0, seed=4, logprobs=1)]
+    later = [SamplingParams(max_tokens=8, temperature=0.9, seed=9), SamplingParams(max_tokens=5)]
+    batch = DecodingBatch(loaded.model, loaded.tokenizer, eos, kv_cache=kv_cache)
+    ids = batch.add([prompt, short], first)
+    done = {}
+    for _ in range(3):
+        done.update(batch.step())
+    ids += batch.add([short], later[:1])  # shorter than the batch's cache: padded on the left
+    done.update(batch.step())
+    ids += batch.add([long], later[1:])  # longer than the batch's cache: the batch is padded on the left
+    while len(batch):
+        done.update(batch.step())
+    alone = [run(tiny, [p], [text])[0] for p, text in zip(first + later, [prompt, short, short, long], strict=True)]
+    for row, solo in zip(ids, alone, strict=True):
+        assert done[row].token_ids == solo.token_ids and done[row].finish_reason == solo.finish_reason
+    assert [s.logprob for s in done[ids[1]].scores] == pytest.approx([s.logprob for s in alone[1].scores], abs=1e-5)
+    assert batch.row_steps == sum(len(c.token_ids) for c in done.values())  # no EOS: each row decodes its budget
+
+
 def test_only_models_whose_layers_all_attend_in_full_get_a_reserved_cache():
     from transformers import LlamaConfig, MistralConfig
 
@@ -177,14 +204,14 @@ def test_batch_sampling_without_generators_is_per_row_and_has_the_right_distribu
     probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
     draws = 20000
     params = [SamplingParams(max_tokens=1, temperature=1.0)] * draws
-    picks = _choose_tokens(probs.log().repeat(draws, 1), params, None, list(range(draws)), [0] * draws)
+    picks = choose_tokens(probs.log().repeat(draws, 1), params, None, list(range(draws)), [0] * draws)
     frequencies = torch.bincount(torch.tensor(picks), minlength=4).float() / draws
     assert torch.allclose(frequencies, probs, atol=0.015), frequencies
     # A row's pick depends on its own seed and step, not on the rows beside it or their settings.
     mixed = [SamplingParams(1, temperature=0.7, top_p=0.9), SamplingParams(1), SamplingParams(1, temperature=1.3)]
     logits = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
-    together = _choose_tokens(logits, mixed, None, [11, 12, 13], [4, 0, 9])
-    alone = [_choose_tokens(logits[i : i + 1], [mixed[i]], None, [11 + i], [[4, 0, 9][i]])[0] for i in range(3)]
+    together = choose_tokens(logits, mixed, None, [11, 12, 13], [4, 0, 9])
+    alone = [choose_tokens(logits[i : i + 1], [mixed[i]], None, [11 + i], [[4, 0, 9][i]])[0] for i in range(3)]
     assert together == alone and together[1] == int(logits[1].argmax())
 
 
@@ -194,7 +221,7 @@ def test_top_k_one_picks_the_greedy_token_among_tied_logits(with_generators):
     logits[0, [5, 9, 12]] = 3.0  # a three-way tie at the top, as bfloat16 logits often have
     params = [SamplingParams(max_tokens=1, temperature=1.5, top_k=1, seed=seed) for seed in range(64)]
     generators = [torch.Generator().manual_seed(p.seed) for p in params] if with_generators else None
-    picks = _choose_tokens(logits.expand(64, -1), params, generators, list(range(64)), [0] * 64)
+    picks = choose_tokens(logits.expand(64, -1), params, generators, list(range(64)), [0] * 64)
     assert set(picks) == {int(logits.argmax())} == {5}
 
 
@@ -202,7 +229,7 @@ def test_top_k_keeps_exactly_k_tokens_whatever_the_ties():
     logits = torch.zeros(1, 16)
     logits[0, [2, 7, 11]] = 1.0
     params = [SamplingParams(max_tokens=1, temperature=1.0, top_k=2, seed=seed) for seed in range(256)]
-    picks = _choose_tokens(logits.expand(256, -1), params, None, list(range(256)), [0] * 256)
+    picks = choose_tokens(logits.expand(256, -1), params, None, list(range(256)), [0] * 256)
     assert set(picks) == {2, 7}
 
 
@@ -240,19 +267,18 @@ def test_a_controlled_row_leaves_the_other_rows_of_its_batch_alone(tiny):
 
 
 def test_repetition_controls_follow_their_definitions():
-    from restpg_dspy.serving.generation import _control_repetition
 
     logits = torch.tensor([[2.0, -2.0, 1.0, 0.5]])
     prompt_and_completion, completion = {0, 1}, [2, 2, 3]
-    penalized = _control_repetition(
+    penalized = control_repetition(
         logits, [SamplingParams(max_tokens=1, repetition_penalty=2.0)], [prompt_and_completion], [completion]
     )
     assert penalized.tolist() == [[1.0, -4.0, 1.0, 0.5]]  # only seen tokens; divided if positive, else multiplied
-    counted = _control_repetition(
+    counted = control_repetition(
         logits, [SamplingParams(max_tokens=1, frequency_penalty=0.5, presence_penalty=0.25)], [set()], [completion]
     )
     assert counted.tolist() == [[2.0, -2.0, 1.0 - 2 * 0.5 - 0.25, 0.5 - 0.5 - 0.25]]
-    banned = _control_repetition(logits, [SamplingParams(max_tokens=1, no_repeat_ngram_size=2)], [set()], [[3, 1, 3]])
+    banned = control_repetition(logits, [SamplingParams(max_tokens=1, no_repeat_ngram_size=2)], [set()], [[3, 1, 3]])
     assert banned[0, 1] == float("-inf") and torch.isfinite(banned[0, [0, 2, 3]]).all()
     assert logits.tolist() == [[2.0, -2.0, 1.0, 0.5]]  # the model's own logits are left as they were
     with pytest.raises(ValueError, match="repetition_penalty must be > 0"):

@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -23,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from restpg_dspy.errors import UsageError
-from restpg_dspy.serving.generation import KV_CACHES, generate
+from restpg_dspy.serving.decoding import KV_CACHES, DecodingBatch
+from restpg_dspy.serving.generation import generate
 from restpg_dspy.serving.model_ids import adapter_hash
 from restpg_dspy.serving.models import LoadedModel, load_model
 from restpg_dspy.serving.queue import Job, QueuedEngine, numerics_mark
@@ -119,11 +121,15 @@ class LocalEngine(QueuedEngine):
         kv_cache: ``"reserved"`` (each layer's KV cache allocated once per batch, with room for its token budget) or
             ``"dynamic"`` (transformers' cache, which copies itself at every decoding step). The tokens are the same;
             only the speed differs.
+        batching: ``"static"`` (a batch is the requests that arrived within ``batch_window_ms``; it runs until its
+            last row ends) or ``"continuous"`` (requests for the batch's weights that arrive while it decodes join
+            it between steps, up to ``max_batch_size`` rows, so a finished row's slot is taken at once; requests for
+            other weights wait until it drains). A row's tokens do not depend on which rows share its steps.
 
     Attributes:
-        stats: Counters for throughput monitoring: ``batches`` run, ``rows`` and ``generated_tokens`` generated, and
-            ``row_steps``, each batch's rows times the decoding steps it ran (a batch runs until its longest row
-            ends), so ``generated_tokens / row_steps`` is the share of decoding slots that wrote a token.
+        stats: Counters for throughput monitoring: ``batches`` run, ``rows`` and ``generated_tokens`` generated,
+            decoding ``steps`` run and ``row_steps``, the rows that took part in each step added up (``row_steps /
+            steps``: how many rows shared a step on average).
     """
 
     _base_prefix = "local"
@@ -142,6 +148,7 @@ class LocalEngine(QueuedEngine):
         max_loaded_adapters: int = 16,
         mixed_adapter_batches: bool = False,
         kv_cache: str = "reserved",
+        batching: str = "static",
     ):
         if max_batch_size < 1:
             raise UsageError("max_batch_size must be at least 1")
@@ -151,6 +158,10 @@ class LocalEngine(QueuedEngine):
             raise UsageError(f"max_loaded_adapters must be at least 1, not {max_loaded_adapters}")
         if kv_cache not in KV_CACHES:
             raise UsageError(f"kv_cache must be one of {KV_CACHES}, not {kv_cache!r}")
+        if batching not in ("static", "continuous"):
+            raise UsageError(f"batching must be 'static' or 'continuous', not {batching!r}")
+        if batching == "continuous" and mixed_adapter_batches:
+            raise UsageError("mixed_adapter_batches works with batching='static' only")
         super().__init__(default_max_tokens=default_max_tokens)
         self.spec, self.dtype, self.device = model, dtype, device
         self.max_batch_size = max_batch_size
@@ -159,6 +170,7 @@ class LocalEngine(QueuedEngine):
         self.max_loaded_adapters = max_loaded_adapters
         self.mixed_adapter_batches = mixed_adapter_batches
         self.kv_cache = kv_cache
+        self.batching = batching
         self._merged: OrderedDict[Path, Any] = OrderedDict()  # adapter folder -> its merged copy, oldest use first
         self.loaded = load_model(model, dtype=dtype, device=device)
         with _REGISTRY_LOCK:
@@ -166,7 +178,7 @@ class LocalEngine(QueuedEngine):
         tokenizer = self.loaded.tokenizer
         eos = self.loaded.model.generation_config.eos_token_id
         self._eos = {tokenizer.eos_token_id, *(eos if isinstance(eos, list) else [eos] if eos is not None else [])}
-        self.stats = {"batches": 0, "rows": 0, "generated_tokens": 0, "row_steps": 0}
+        self.stats = {"batches": 0, "rows": 0, "generated_tokens": 0, "steps": 0, "row_steps": 0}
         self.settings = {name: getattr(self, name) for name in self.setting_defaults()}
 
     @property
@@ -203,14 +215,10 @@ class LocalEngine(QueuedEngine):
     # --- batching ----------------------------------------------------------------------------------------
 
     def _serve(self) -> None:
+        if self.batching == "continuous":
+            return self._serve_continuously()
         while True:
-            batch = [self._queue.get()]
-            deadline = time.monotonic() + self.batch_window_ms / 1000
-            while len(batch) < self.max_batch_size:
-                try:
-                    batch.append(self._queue.get(timeout=max(0.0, deadline - time.monotonic())))
-                except queue.Empty:
-                    break
+            batch = self._gather([self._queue.get()])
             groups: dict[str, list[Job]] = {}
             for job in batch:
                 groups.setdefault(job.model_id, []).append(job)
@@ -221,6 +229,65 @@ class LocalEngine(QueuedEngine):
                     self._run_mixed(jobs) if model_id == "" else self._run(model_id, jobs)
                 except Exception as err:  # the worker lives on; this batch's callers get the error
                     self._fail(jobs, err)
+
+    def _gather(self, batch: list[Job]) -> list[Job]:
+        """``batch`` with the requests that arrive within the batch window, up to ``max_batch_size``."""
+        deadline = time.monotonic() + self.batch_window_ms / 1000
+        while len(batch) < self.max_batch_size:
+            try:
+                batch.append(self._queue.get(timeout=max(0.0, deadline - time.monotonic())))
+            except queue.Empty:
+                break
+        return batch
+
+    def _serve_continuously(self) -> None:  # runs for the engine's life
+        waiting: list[Job] = []
+        while True:
+            if not waiting:
+                waiting = self._gather([self._queue.get()])
+            model_id = waiting[0].model_id
+            running: dict[int, Job] = {}
+            try:
+                self._decode_continuously(model_id, waiting, running)
+            except Exception as err:  # the worker lives on; the callers for these weights get the error
+                stranded = [job for job in waiting if job.model_id == model_id]
+                waiting[:] = [job for job in waiting if job.model_id != model_id]
+                self._fail([*running.values(), *stranded], err)
+
+    def _decode_continuously(self, model_id: str, waiting: list[Job], running: dict[int, Job]) -> None:
+        """Decode ``model_id``'s waiting requests, taking in its new ones between steps while no other weights wait."""
+        adapter = self.adapter_path(model_id)
+        with contextlib.ExitStack() as stack:
+            if adapter is not None and self.merged_adapters:
+                model = self.merged_model(adapter)
+            else:
+                stack.enter_context(self._host.lock)
+                model, activation = self._host.model_for(adapter, self.max_loaded_adapters)
+                stack.enter_context(activation)
+            batch = DecodingBatch(model, self.tokenizer, self._eos, kv_cache=self.kv_cache)
+            while True:
+                while True:
+                    try:
+                        waiting.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+                if not running or all(job.model_id == model_id for job in waiting):
+                    joining = [job for job in waiting if job.model_id == model_id][: self.max_batch_size - len(batch)]
+                    if joining:
+                        for job in joining:
+                            waiting.remove(job)
+                        ids = batch.add([job.prompt_ids for job in joining], [job.params for job in joining])
+                        running.update(zip(ids, joining, strict=True))
+                if not len(batch):
+                    break
+                finished = batch.step()
+                for row, completion in finished:
+                    running.pop(row).future.set_result(completion)
+                self.stats["rows"] += len(finished)
+                self.stats["generated_tokens"] += sum(len(completion.token_ids) for _, completion in finished)
+        self.stats["batches"] += 1
+        self.stats["steps"] += batch.steps
+        self.stats["row_steps"] += batch.row_steps
 
     def merged_model(self, adapter: Path) -> Any:
         """The copy of the base weights with ``adapter`` merged in, made on first use (see ``merged_adapters``)."""
@@ -270,12 +337,13 @@ class LocalEngine(QueuedEngine):
             self._finish([job for _, job in part], completions)
 
     def _generate(self, model: Any, prompts: list[list[int]], params: list[Any], **options: Any) -> list[Any]:
-        return generate(model, self.tokenizer, prompts, params, self._eos, kv_cache=self.kv_cache, **options)
+        return generate(
+            model, self.tokenizer, prompts, params, self._eos, kv_cache=self.kv_cache, counters=self.stats, **options
+        )
 
     def _finish(self, jobs: list[Job], completions: list[Any]) -> None:
         self.stats["batches"] += 1
         self.stats["rows"] += len(jobs)
         self.stats["generated_tokens"] += sum(len(c.token_ids) for c in completions)
-        self.stats["row_steps"] += len(jobs) * max(len(c.token_ids) for c in completions)
         for job, completion in zip(jobs, completions, strict=True):
             job.future.set_result(completion)

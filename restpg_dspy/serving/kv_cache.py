@@ -76,3 +76,38 @@ def reserved_cache(config: Any, reserve: int) -> Cache | None:
     if not layer_types or any(kind != "full_attention" for kind in layer_types):
         return None
     return Cache(layers=[_ReservedLayer(reserve) for _ in layer_types])
+
+
+def join_caches(
+    first: Cache, first_mask: torch.Tensor, second: Cache, second_mask: torch.Tensor, reserve: int
+) -> tuple[Cache, torch.Tensor]:
+    """Stack two batches' caches (and attention masks) into one, right-aligned: the shorter is padded on the left.
+
+    The padding holds zeros under a zero mask, as a left-padded prompt's positions do. With reserved layers the joined
+    cache keeps room for ``reserve`` more positions; otherwise it is transformers' ``DynamicCache`` again.
+    """
+    length = max(first_mask.shape[-1], second_mask.shape[-1])
+    masks = [torch.nn.functional.pad(mask, (length - mask.shape[-1], 0)) for mask in (first_mask, second_mask)]
+    reserved = all(isinstance(layer, _ReservedLayer) for layer in first.layers)
+    layers = []
+    for a, b in zip(first.layers, second.layers, strict=True):
+        joined = _ReservedLayer(reserve) if reserved else DynamicLayer()
+        joined.lazy_initialization(a.keys, a.values)
+        keys, values = (
+            torch.cat([_pad_left(x, length, length + (reserve if reserved else 0)) for x in pair])
+            for pair in ((a.keys, b.keys), (a.values, b.values))
+        )
+        if reserved:
+            joined._keys, joined._values, joined.length = keys, values, length
+            joined._expose()
+        else:
+            joined.keys, joined.values = keys, values
+        layers.append(joined)
+    return Cache(layers=layers), torch.cat(masks)
+
+
+def _pad_left(states: torch.Tensor, length: int, capacity: int) -> torch.Tensor:
+    """``states`` (batch, heads, positions, dim) placed to end at ``length`` in zeros of ``capacity`` positions."""
+    out = states.new_zeros((*states.shape[:2], capacity, states.shape[-1]))
+    out[:, :, length - states.shape[-2] : length] = states
+    return out

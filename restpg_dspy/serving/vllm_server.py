@@ -29,8 +29,8 @@ import httpx
 from dspy.lm15 import InvalidRequestError, ServerError, TransportError
 
 from restpg_dspy.errors import UsageError
-from restpg_dspy.serving.generation import Completion, TokenScore
 from restpg_dspy.serving.queue import Job
+from restpg_dspy.serving.sampling import Completion, TokenScore
 from restpg_dspy.serving.vllm_engine import VLLMBackend
 
 _TOKEN_ID = "token_id:"
