@@ -88,7 +88,11 @@ def join_caches(
     """
     length = max(first_mask.shape[-1], second_mask.shape[-1])
     masks = [torch.nn.functional.pad(mask, (length - mask.shape[-1], 0)) for mask in (first_mask, second_mask)]
-    reserved = all(isinstance(layer, _ReservedLayer) for layer in first.layers)
+    kinds = {type(layer) for layer in (*first.layers, *second.layers)}
+    if not kinds <= {DynamicLayer, _ReservedLayer}:
+        # Sliding-window, chunked or linear-attention layers keep state that stacking rows cannot align.
+        raise ValueError(f"cannot join caches with {sorted(k.__name__ for k in kinds)} layers: use static batching")
+    reserved = kinds == {_ReservedLayer}
     layers = []
     for a, b in zip(first.layers, second.layers, strict=True):
         joined = _ReservedLayer(reserve) if reserved else DynamicLayer()
