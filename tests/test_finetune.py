@@ -441,9 +441,35 @@ def test_the_plan_checkpoints_before_it_splits_the_batch():
     assert tight.estimated_gib <= 4.0 < roomy.estimated_gib
 
 
-def test_bfloat16_base_weights_train_a_float32_adapter_on_the_cpu(tiny_lm, tmp_path):
+def test_a_bfloat16_training_plans_for_two_byte_activations():
+    from types import SimpleNamespace
+
+    from restpg_dspy.training.memory_plan import plan_memory
+
+    smol = SimpleNamespace(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, vocab_size=49152)
+    demo_rows = {"parameters": 135e6, "batch_size": 8, "longest_row": 400, "trained_tokens": 120, "budget_gib": 8.0}
+    assert plan_memory(smol, **demo_rows).gradient_checkpointing is True
+    half = plan_memory(smol, dtype="bfloat16", **demo_rows)
+    assert (half.micro_batch_size, half.gradient_checkpointing) == (8, False)
+    # Measured (benchmarks/training_memory.py --vary checkpointing --dtype bfloat16): 3.15 GiB at 400 tokens.
+    assert 3.15 < half.estimated_gib < 8.0
+
+
+def test_bfloat16_base_weights_train_a_float32_adapter_on_the_cpu(tiny_lm, tmp_path, monkeypatch):
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    cast, original_cast = [], BaseTunerLayer._cast_input_dtype
+
+    def recording_cast(self, x, dtype):
+        result = original_cast(self, x, dtype)
+        if x is not None and result.dtype != x.dtype:
+            cast.append((x.dtype, result.dtype))
+        return result
+
+    monkeypatch.setattr(BaseTunerLayer, "_cast_input_dtype", recording_cast)
     question = "What is the largest animal?"
     job, tuned = train(tiny_lm, [chat(question)] * 4, tmp_path, max_steps=40, dtype="bfloat16")
+    assert cast == []  # the LoRA layers computed in bfloat16 under autocast, no activation went to float32 and back
     weights = load_file(f"{job.log['adapter']}/adapter_model.safetensors")
     assert {t.dtype for t in weights.values()} == {torch.float32}  # the served base model is float32: so is the adapter
     assert job.log["losses"][-1] < job.log["losses"][0] / 4

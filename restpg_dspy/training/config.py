@@ -54,8 +54,9 @@ class LoRATrainingConfig:
             memory plan when the budget needs it).
         dtype: The dtype of the frozen base weights while training: ``"auto"`` picks bfloat16 on a capable GPU
             and float32 otherwise. ``"bfloat16"`` on a CPU with native bfloat16 (AMX or AVX512-BF16) trains faster
-            (``benchmarks/lora_step.py --vary dtype``); the LoRA weights and their optimizer state stay float32,
-            and the adapter is served on the float32 base weights.
+            (``benchmarks/lora_step.py --vary dtype``); the LoRA weights and their optimizer state stay float32
+            while the LoRA layers compute in bfloat16 under autocast (``--vary autocast``), and the adapter is served
+            on the float32 base weights.
         warmup_steps: Warm-up length: an integer number of steps, or a float in [0, 1) as a fraction of all steps.
         lr_scheduler_type: A transformers scheduler name.
         weight_decay: AdamW weight decay.

@@ -2,9 +2,10 @@
 
 A forward pass keeps, for every token of every layer, the activations its backward pass needs: about ``16 h + 5 i``
 numbers for a Llama-style layer (``h`` hidden size, ``i`` MLP size; norms, projections, LoRA dropout copies, the MLP's
-four intermediate tensors). For SmolLM2-135M that is 2 MB per token, so 8 rows of 1,024 tokens take 17 GB before the
-logits: the run that the out-of-memory killer stopped at 24 GB. :func:`plan_memory` picks, in this order, what brings
-a training under its budget without changing what it computes:
+four intermediate tensors). For SmolLM2-135M that is 2 MB per token in float32, so 8 rows of 1,024 tokens take 17 GB
+before the logits: the run that the out-of-memory killer stopped at 24 GB. A bfloat16 training keeps most of them in
+two bytes (``benchmarks/training_memory.py --vary checkpointing`` measures the peaks beside the estimate).
+:func:`plan_memory` picks, in this order, what brings a training under its budget without changing what it computes:
 
 1. nothing, if the whole batch fits;
 2. gradient checkpointing (each layer keeps its input only and recomputes the rest in the backward pass, with the
@@ -38,7 +39,8 @@ from restpg_dspy.errors import UsageError
 
 GIB = 2**30
 PROCESS_GIB = 1.5  # the interpreter and its libraries (torch, transformers, DSPy), measured at about 1.2 GiB
-FLOAT_BYTES = 4  # activations and logits of a float32 training on a CPU
+FLOAT_BYTES = 4  # logits, and every number of a float32 training
+HALF_ACTIVATION_BYTES = 2  # per kept number of a half-precision training
 LOGIT_COPIES = 3  # the logits, their float32 softmax and its gradient
 
 
@@ -67,6 +69,7 @@ def estimate_gib(
     longest_row: int,
     trained_tokens: int,
     checkpointing: bool,
+    dtype: str = "float32",
 ) -> float:
     """Estimated peak resident GiB of a process that serves a model and trains ``rows`` rows of it per pass.
 
@@ -77,6 +80,8 @@ def estimate_gib(
         longest_row: Tokens of the longest row (rows are padded to it).
         trained_tokens: Trained (assistant) tokens of the row that has most: logits are computed there only.
         checkpointing: Gradient checkpointing on.
+        dtype: The dtype of the base weights while training (``"auto"`` is float32 on a CPU): a half-precision
+            training keeps its private copy of the weights, and most of its activations, in two bytes a number.
     """
     hidden, mlp = model_config.hidden_size, model_config.intermediate_size
     layers, vocab = model_config.num_hidden_layers, model_config.vocab_size
@@ -85,9 +90,11 @@ def estimate_gib(
     # With checkpointing each layer keeps its input, and one layer at a time recomputes the rest.
     activations = tokens * (layers * hidden + per_layer if checkpointing else layers * per_layer)
     logits = rows * trained_tokens * vocab * LOGIT_COPIES
-    # The served copy, the private training copy, and LoRA weights with their optimizer state.
-    weights = parameters * FLOAT_BYTES * 2.1
-    return PROCESS_GIB + (weights + (activations + logits) * FLOAT_BYTES) / GIB
+    half = dtype in ("bfloat16", "float16")
+    # The served copy (float32), the private training copy, and LoRA weights with their optimizer state.
+    weights = parameters * (FLOAT_BYTES * 1.1 + (2 if half else FLOAT_BYTES))
+    activation_bytes = HALF_ACTIVATION_BYTES if half else FLOAT_BYTES
+    return PROCESS_GIB + (weights + activations * activation_bytes + logits * FLOAT_BYTES) / GIB
 
 
 def plan_memory(
@@ -98,6 +105,7 @@ def plan_memory(
     longest_row: int,
     trained_tokens: int,
     budget_gib: float,
+    dtype: str = "float32",
 ) -> MemoryPlan:
     """The cheapest way (see the module docs) to train ``batch_size`` rows per step within ``budget_gib``.
 
@@ -113,6 +121,7 @@ def plan_memory(
             longest_row=longest_row,
             trained_tokens=trained_tokens,
             checkpointing=checkpointing,
+            dtype=dtype,
         )
 
     if estimate(batch_size, False) <= budget_gib:

@@ -146,6 +146,7 @@ def _memory_plan(loaded: Any, rows: list[Any], config: LoRATrainingConfig) -> di
         longest_row=longest,
         trained_tokens=longest - min(firsts),  # logits are kept at every position some row of a batch trains
         budget_gib=config.memory_budget_gib,
+        dtype=config.dtype,
     )
     if plan.micro_batch_size == config.per_device_train_batch_size and not plan.gradient_checkpointing:
         return None
