@@ -58,6 +58,8 @@ def run_program(lm, examples, samples: int, threads: int) -> tuple[int, list[str
     with ThreadPoolExecutor(threads) as pool:
         responses = list(pool.map(draw, [(e, i) for e in examples for i in range(samples)]))
     done = {name: engine.stats[name] - before[name] for name in engine.stats}
+    if "row_steps" not in done:  # vLLM schedules its own steps
+        return done["generated_tokens"], responses, "  - rows/step"
     return done["generated_tokens"], responses, f"{done['row_steps'] / max(1, done['steps']):4.1f} rows/step"
 
 

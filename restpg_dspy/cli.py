@@ -294,7 +294,7 @@ def run_notes(args: argparse.Namespace) -> None:
 
 def run_report(run_dir: str) -> None:
     from restpg_dspy.evals.report import markdown_table, plot_scores, time_split_table
-    from restpg_dspy.experiments.table import time_split
+    from restpg_dspy.experiments.timings import time_split
     from restpg_dspy.optimizers.report import report_compile_run
 
     path = Path(run_dir)

@@ -23,7 +23,7 @@ from restpg_dspy.evals import (
 )
 from restpg_dspy.evals.report import markdown_table, plot_scores
 from restpg_dspy.experiments import TableConfig, resolve_metrics, run_table
-from restpg_dspy.experiments.table import time_split
+from restpg_dspy.experiments.timings import time_split
 from restpg_dspy.optimizers.report import report_compile_run
 from restpg_dspy.programs import RAGWriter
 from restpg_dspy.retrieval import BM25

@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -112,3 +113,30 @@ def plot_rounds(curves: Curves, metric: str, path: str | Path) -> Path:
             axis.errorbar(names, means, yerr=errors, fmt=style, capsize=3, label=f"{method}, {example_set}")
     axis.set_xlabel("stage")
     return save_plot(figure, axis, metric, path)
+
+
+def write_round_curves(
+    sets: dict[str, list[dspy.Example]],
+    compiled: dict[str, dspy.Module],
+    metrics: list[Any],
+    cache_dir: Path,
+    out: Path,
+    methods: list[str],
+    num_threads: int = 16,
+) -> None:
+    """Score every stage of the compiled methods on ``sets`` (the validation split and the test split's held-out
+    wordings, say); write ``rounds.json``, ``rounds.md`` and ``rounds.png`` (the first reported metric) in ``out``,
+    in the order of ``methods``."""
+    from restpg_dspy.evals.metrics import metric_name
+
+    curves = round_curves(compiled, sets, metrics, cache_dir=cache_dir, num_threads=num_threads)
+    if not curves:
+        return
+    if (out / "rounds.json").exists():  # methods run by an earlier invocation keep their curves
+        curves = {**json.loads((out / "rounds.json").read_text()), **curves}
+        curves = {method: curves[method] for method in methods if method in curves}
+    primary = metric_name(metrics[0])
+    (out / "rounds.json").write_text(json.dumps(curves, indent=2))
+    (out / "rounds.md").write_text(curve_table(curves, primary) + "\n")
+    plot_rounds(curves, primary, out / "rounds.png")
+    print(curve_table(curves, primary), flush=True)

@@ -29,7 +29,8 @@ import dspy
 from restpg_dspy.errors import UsageError
 from restpg_dspy.experiments import registry
 from restpg_dspy.experiments.config import TableConfig
-from restpg_dspy.optimizers.run_dir import TIMINGS
+from restpg_dspy.experiments.personal import alone_name, personal_dir, personalize, with_user_input
+from restpg_dspy.experiments.rounds import write_round_curves
 
 
 def load_task(spec: str, config: TableConfig) -> tuple[list[dspy.Example], list[dspy.Example]]:
@@ -163,43 +164,6 @@ def compile_dir(config: TableConfig, slug: str, method: str) -> Path:
     return Path(config.shared_dir) / slug / f"{method}-{digest[:10]}"
 
 
-def personal_dir(config: TableConfig, slug: str, method: str) -> Path:
-    """Where a ``<method>+personal`` row's adapters live: beside its compiled method's run, named by a digest of
-    the personal settings."""
-    compiled = compile_dir(config, slug, registry.METHODS[method].personal_of)
-    digest = hashlib.sha256(json.dumps(config.personal, sort_keys=True).encode()).hexdigest()[:10]
-    return compiled.with_name(f"{compiled.name}-personal-{digest}")
-
-
-def personalize(
-    program: dspy.Module, config: TableConfig, users: list[dspy.Example], run_dir: Path
-) -> tuple[dspy.Module, dspy.Module | None]:
-    """``program`` with a personal adapter for each of ``users`` (their profiles; see
-    :class:`~restpg_dspy.optimizers.PersonalAdapters`), and ``program`` alone at the personal ``k`` when it differs
-    from the config's (else ``None``)."""
-    from restpg_dspy.optimizers import PersonalAdapters
-
-    settings = dict(config.personal)
-    k = settings.pop("k", config.k)
-    alone = None
-    if k != config.k:  # the profile the personal rows' prompts show, in training and in serving
-        program = program.deepcopy()
-        program.retriever = registry.RETRIEVERS[config.retriever](k=k)
-        alone = program
-    optimizer = PersonalAdapters(run_dir=str(run_dir), num_threads=config.num_threads, **settings)
-    return optimizer.compile(program, users=users), alone
-
-
-def alone_name(config: TableConfig, method: str) -> str:
-    """The row of a ``<method>+personal`` row's compiled program alone at the personal ``k``."""
-    return f"{registry.METHODS[method].personal_of}@k{config.personal.get('k', config.k)}"
-
-
-def with_user_input(examples: list[dspy.Example]) -> list[dspy.Example]:
-    """The examples with ``user_id`` among their inputs (a routed program picks the user's adapter by it)."""
-    return [e.with_inputs(*e._input_keys, "user_id") for e in examples]
-
-
 def wording_subsets(testset: list[dspy.Example]) -> dict[str, set[str] | None]:
     """``all`` examples and, where examples say which evidence wording they use, ``seen`` and ``held_out``."""
     from restpg_dspy.evals.evaluate import example_id
@@ -233,33 +197,6 @@ def curve_sets(config: TableConfig, task: str, testset: list[dspy.Example]) -> d
     if held_out:
         sets["test held_out"] = held_out
     return sets
-
-
-def write_round_curves(
-    sets: dict[str, list[dspy.Example]],
-    compiled: dict[str, dspy.Module],
-    metrics: list[Any],
-    cache_dir: Path,
-    out: Path,
-    methods: list[str],
-    num_threads: int = 16,
-) -> None:
-    """Score every stage of the compiled methods on ``sets`` (see :func:`curve_sets`); write ``rounds.json``,
-    ``rounds.md`` and ``rounds.png`` (the first reported metric) in ``out``, in the order of ``methods``."""
-    from restpg_dspy.evals.metrics import metric_name
-    from restpg_dspy.experiments.rounds import curve_table, plot_rounds, round_curves
-
-    curves = round_curves(compiled, sets, metrics, cache_dir=cache_dir, num_threads=num_threads)
-    if not curves:
-        return
-    if (out / "rounds.json").exists():  # methods run by an earlier invocation keep their curves
-        curves = {**json.loads((out / "rounds.json").read_text()), **curves}
-        curves = {method: curves[method] for method in methods if method in curves}
-    primary = metric_name(metrics[0])
-    (out / "rounds.json").write_text(json.dumps(curves, indent=2))
-    (out / "rounds.md").write_text(curve_table(curves, primary) + "\n")
-    plot_rounds(curves, primary, out / "rounds.png")
-    print(curve_table(curves, primary), flush=True)
 
 
 def run_table(config: TableConfig, only: list[str] | None = None) -> dict[str, dict[str, Any]]:
@@ -318,7 +255,11 @@ def run_table(config: TableConfig, only: list[str] | None = None) -> dict[str, d
             predictions = out / f"{method}.predictions.jsonl"
             compiles = registry.METHODS[method].optimizer is not None
             base = registry.METHODS[method].personal_of
-            run_dir = (personal_dir if base else compile_dir)(config, slug, method) if compiles else None
+            run_dir = None
+            if compiles:
+                run_dir = (
+                    personal_dir(compile_dir(config, slug, base), config) if base else compile_dir(config, slug, method)
+                )
             if only is not None and method not in only:
                 # Shown from an earlier run's predictions, if that run had this method's settings.
                 current = not compiles or runs.get(method) == str(run_dir)
@@ -408,31 +349,3 @@ def run_table(config: TableConfig, only: list[str] | None = None) -> dict[str, d
     for name in metric_names:
         plot_scores(results, name, root / f"scores_{name}.png")
     return results
-
-
-def time_split(task_dir: str | Path) -> dict[str, float]:
-    """Wall seconds per part of one task of a table run (``<run_dir>/<task>``), added up over its invocations.
-
-    A compiled method's time is split into its compile run's parts (``timings.json`` there: the teacher, each
-    stage's training, sampling, validation and round-curve scoring), then its evaluation; a method that compiles
-    nothing has its evaluation only.
-    """
-    task_dir = Path(task_dir)
-    timings = _read_json(task_dir / "timings.json") or {}
-    runs = _read_json(task_dir / "compile_runs.json") or {}
-    parts: dict[str, float] = {}
-    for method, spent in timings.items():
-        if method == "round_curves":
-            parts["round curves"] = spent.get("evaluate_s", 0.0)
-            continue
-        compile_parts = _read_json(Path(runs[method], TIMINGS)) if method in runs else None
-        if compile_parts:
-            parts.update({f"{method}: {part}": seconds for part, seconds in compile_parts.items()})
-        elif spent.get("compile_s"):
-            parts[f"{method}: compile"] = spent["compile_s"]
-        parts[f"{method}: evaluation"] = spent.get("evaluate_s", 0.0)
-    return parts
-
-
-def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text()) if path.exists() else None
