@@ -30,7 +30,6 @@ from restpg_dspy.errors import UsageError
 from restpg_dspy.experiments import registry
 from restpg_dspy.experiments.config import TableConfig
 from restpg_dspy.experiments.personal import alone_name, personal_dir, personalize, with_user_input
-from restpg_dspy.experiments.rounds import write_round_curves
 
 
 def load_task(spec: str, config: TableConfig) -> tuple[list[dspy.Example], list[dspy.Example]]:
@@ -216,7 +215,7 @@ def run_table(config: TableConfig, only: list[str] | None = None) -> dict[str, d
     from restpg_dspy.evals.metrics import metric_name
     from restpg_dspy.evals.paired import differences_table, paired_differences, read_rows
     from restpg_dspy.evals.report import markdown_table, plot_scores
-    from restpg_dspy.experiments.rounds import score_stage
+    from restpg_dspy.experiments.rounds import score_stage, write_round_curves
     from restpg_dspy.programs import RecordedOutputs
 
     unknown = sorted(set(only or ()) - set(config.methods))
