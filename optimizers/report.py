@@ -89,6 +89,24 @@ def trained_reasoning(run_dir: str | Path) -> dict[str, list[tuple[str, str]]]:
     return {source: pairs for source, pairs in sources.items() if pairs}
 
 
+def round_responses(run_dir: str | Path) -> dict[str, list[tuple[str, str]]]:
+    """The responses each E-step drew and chose, by source: ``round_<r> sampled`` (every sample that produced a
+    response) and ``round_<r> kept`` (the samples the round trained on), as (example id, response) pairs. Unlike
+    :func:`trained_reasoning` it covers programs without a reasoning step (ReST-EM's) too.
+    """
+    sources = {}
+    for folder in _rounds(Path(run_dir)):
+        for name, file in (("sampled", "samples.jsonl"), ("kept", "kept.jsonl")):
+            pairs = [(sample["id"], _response(sample.get("trace") or [])) for sample in read_jsonl(folder / file)]
+            sources[f"{folder.name} {name}"] = [(i, text) for i, text in pairs if text is not None]
+    return {source: pairs for source, pairs in sources.items() if pairs}
+
+
+def _response(trace: list[dict[str, Any]]) -> str | None:
+    """The last step's ``response`` in ``trace``; ``None`` for a sample that failed before answering."""
+    return trace[-1]["outputs"].get("response") if trace else None
+
+
 def _reasoning(trace: list[dict[str, Any]], field: str) -> str | None:
     """The reasoning step's output in ``trace``; ``None`` for a program without one (ReST-EM's traces, say)."""
     return next((call["outputs"][field] for call in trace if field in call["outputs"]), None)

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -264,32 +265,46 @@ def run_compare(args: argparse.Namespace) -> None:
 
 
 def run_notes(args: argparse.Namespace) -> None:
-    from restpg_dspy.evals import notes_choice
-    from restpg_dspy.experiments import TableConfig, load_task
-    from restpg_dspy.optimizers.report import trained_reasoning
+    import dspy
 
-    sources = trained_reasoning(args.run_dir)
-    if not sources:
-        raise UsageError(f"{args.run_dir} holds no teacher notes and no kept reasoning (yet)")
+    from restpg_dspy.evals import notes_choice, option_accuracy
+    from restpg_dspy.experiments import TableConfig, load_task
+    from restpg_dspy.optimizers.report import round_responses, trained_reasoning
+
+    notes, responses = trained_reasoning(args.run_dir), round_responses(args.run_dir)
+    if not notes and not responses:
+        raise UsageError(f"{args.run_dir} holds no teacher notes and no sampled responses (yet)")
     config = TableConfig.from_file(args.config)
     examples = {str(example.id): example for example in load_task(config.tasks[0], config)[0]}
-    columns = {
-        "names_answer_only": "right option only",
-        "names_wrong_option": "a wrong option",
-        "names_no_option": "no option",
-        "cites_post": "cites a post",
-    }
-    print(f"{'reasoning':<16}{'n':>5}" + "".join(f"  {title}" for title in columns.values()))
-    for source, pairs in sources.items():
-        unknown = sorted({i for i, _ in pairs} - set(examples))
-        if unknown:
-            raise UsageError(f"{source}: examples {unknown[:3]} are not in the training split of {args.config}")
-        try:
-            graded = [notes_choice(examples[i], text) for i, text in pairs]
-        except ValueError as err:
-            raise UsageError(f"{config.tasks[0]}: {err}") from None
-        rates = {key: sum(g[key] for g in graded) / len(graded) for key in columns}
-        print(f"{source:<16}{len(graded):>5}" + "".join(f"  {rates[k]:>{len(t)}.3f}" for k, t in columns.items()))
+
+    def table(title: str, sources: dict, columns: dict[str, str], grade: Callable[[Any, str], dict]) -> None:
+        print(f"{title:<16}{'n':>5}" + "".join(f"  {heading}" for heading in columns.values()))
+        for source, pairs in sources.items():
+            unknown = sorted({i for i, _ in pairs} - set(examples))
+            if unknown:
+                raise UsageError(f"{source}: examples {unknown[:3]} are not in the training split of {args.config}")
+            try:
+                grades = [grade(examples[i], text) for i, text in pairs]
+            except ValueError as err:
+                raise UsageError(f"{config.tasks[0]}: {err}") from None
+            rates = {key: sum(g[key] for g in grades) / len(grades) for key in columns}
+            print(f"{source:<16}{len(grades):>5}" + "".join(f"  {rates[k]:>{len(t)}.3f}" for k, t in columns.items()))
+
+    def response_choice(example: Any, response: str) -> dict[str, float]:
+        return {"right": option_accuracy(example, dspy.Prediction(response=response))}
+
+    if notes:
+        columns = {
+            "names_answer_only": "right option only",
+            "names_wrong_option": "a wrong option",
+            "names_no_option": "no option",
+            "cites_post": "cites a post",
+        }
+        table("reasoning", notes, columns, notes_choice)
+    if responses:
+        if notes:
+            print()
+        table("responses", responses, {"right": "right option only"}, response_choice)
 
 
 def run_report(run_dir: str) -> None:

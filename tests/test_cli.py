@@ -107,7 +107,7 @@ def test_compare_pairs_two_predictions_files_on_seen_and_held_out_wordings(tmp_p
     assert f"{files[1]}, line {len(testset) + 1}: not valid JSON" in capsys.readouterr().err
 
 
-def test_notes_grades_the_teacher_notes_and_kept_reasoning_of_a_run(tmp_path, capsys):
+def test_notes_grades_the_teacher_notes_kept_reasoning_and_round_responses_of_a_run(tmp_path, capsys):
     from restpg_dspy.experiments import TableConfig, load_task
 
     config = tmp_path / "choice.yaml"
@@ -122,27 +122,51 @@ def test_notes_grades_the_teacher_notes_and_kept_reasoning_of_a_run(tmp_path, ca
     teacher = [{"id": e.id, "reasoning": f"- Post [1] tells. So: {e.answer}."} for e in trainset[:3]]
     teacher += [{"id": trainset[3].id, "error": "the teacher failed"}]  # no notes: not graded
     kept = [
-        {"id": e.id, "trace": [{"predictor": "reason", "outputs": {"reasoning": notes}}, {"outputs": {"response": ""}}]}
-        for e, notes in zip(trainset, [wrong[0], "[1]\n\n[2]", trainset[2].answer, trainset[3].answer], strict=True)
+        {
+            "id": e.id,
+            "trace": [{"predictor": "reason", "outputs": {"reasoning": notes}}, {"outputs": {"response": response}}],
+        }
+        for e, notes, response in zip(
+            trainset,
+            [wrong[0], "[1]\n\n[2]", trainset[2].answer, trainset[3].answer],
+            [f"I pick {trainset[0].answer}.", f"I pick {wrong[1]}.", "", f"I pick {trainset[3].answer}."],
+            strict=True,
+        )
     ]
+    failed = {"id": trainset[0].id, "error": "the sample failed"}  # no trace: not graded
     (run / "teacher_reasoning.jsonl").write_text("".join(json.dumps(r) + "\n" for r in teacher))
     (run / "round_1/kept.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+    (run / "round_1/samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [*kept, *kept[:2], failed]))
     assert main(["notes", str(run), "--config", str(config)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[:2] == ["reasoning", "n"]
     assert lines[0].endswith("right option only  a wrong option  no option  cites a post")
     assert lines[1].split() == ["teacher", "3", "1.000", "0.000", "0.000", "1.000"]
     assert lines[2].split() == ["round_1", "kept", "4", "0.500", "0.250", "0.250", "0.000"]
+    assert lines[3] == ""
+    assert lines[4].split() == ["responses", "n", "right", "option", "only"]
+    assert lines[5].split() == ["round_1", "sampled", "6", "0.500"]  # right: kept 0 and 3, and kept 0 again
+    assert lines[6].split() == ["round_1", "kept", "4", "0.500"]
     kept[0]["id"] = "u-999-0"
     (run / "round_1/kept.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
     assert main(["notes", str(run), "--config", str(config)]) == 2
     assert "round_1 kept: examples ['u-999-0'] are not in the training split" in capsys.readouterr().err
-    for sample in kept:  # a program without a reasoning step (ReST-EM) kept responses only: nothing to grade
+    kept[0]["id"] = trainset[0].id
+    for sample in kept:  # a program without a reasoning step (ReST-EM): its responses alone are graded
         sample["trace"] = sample["trace"][1:]
     (run / "round_1/kept.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+    (run / "round_1/samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
     (run / "teacher_reasoning.jsonl").write_text("")
+    assert main(["notes", str(run), "--config", str(config)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split() for line in lines[1:]] == [
+        ["round_1", "sampled", "4", "0.500"],
+        ["round_1", "kept", "4", "0.500"],
+    ]
+    for file in ("kept", "samples"):
+        (run / f"round_1/{file}.jsonl").write_text("")
     assert main(["notes", str(run), "--config", str(config)]) == 2
-    assert "holds no teacher notes and no kept reasoning" in capsys.readouterr().err
+    assert "holds no teacher notes and no sampled responses" in capsys.readouterr().err
 
 
 def test_truncation_warnings_are_counted_not_printed(tiny_model_dir, caplog):
