@@ -89,9 +89,10 @@ def save_plot(figure: Any, axis: Any, metric: str, path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     axis.set_ylabel(f"{metric} (95% bootstrap interval)")
-    axis.legend(fontsize="small")
+    # Beside the axes, where it can never hide a point or an interval.
+    axis.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     figure.tight_layout()
     path = Path(path)
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(figure)
     return path

@@ -309,6 +309,7 @@ def run_notes(args: argparse.Namespace) -> None:
 
 def run_report(run_dir: str) -> None:
     from restpg_dspy.evals.report import markdown_table, plot_scores, time_split_table
+    from restpg_dspy.experiments.rounds import draw_round_curves
     from restpg_dspy.experiments.timings import time_split
     from restpg_dspy.optimizers.report import report_compile_run
 
@@ -323,6 +324,9 @@ def run_report(run_dir: str) -> None:
         print((path / "table.md").read_text())
         for metric in metrics:
             print(f"wrote {plot_scores(results, metric, path / f'scores_{metric}.png')}")
+        for curves in sorted(path.glob("*/rounds.json")):
+            draw_round_curves(curves.parent, metrics[0])
+            print(f"wrote {curves.parent / 'rounds.png'}")
         for history in sorted(path.glob("*/*/history.json")):
             report_compile_run(history.parent)
             print(f"wrote {history.parent / 'report.md'}")

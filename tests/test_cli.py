@@ -67,7 +67,11 @@ def test_table_command_prints_the_table(tiny_config, tmp_path, capsys):
         assert stats["n"] == 6 and stats["ci_low"] <= stats["mean"] <= stats["ci_high"]
         row = f"| {method} | {stats['mean']:.4f} [{stats['ci_low']:.4f}, {stats['ci_high']:.4f}] |"
         assert row in out and row in (run / "table.md").read_text()
+    stage = {"val": {"rouge_l": {"mean": 0.5, "ci_low": 0.25, "ci_high": 0.75}}}
+    (run / "synthetic" / "rounds.json").write_text(json.dumps({"rest-pg": {"sft": stage, "round_1": stage}}))
     assert main(["report", str(run)]) == 0
+    assert "| rest-pg | round_1 | 0.500 [0.250, 0.750] |" in (run / "synthetic" / "rounds.md").read_text()
+    assert (run / "synthetic" / "rounds.png").stat().st_size > 0
     split = (run / "synthetic" / "timings.md").read_text()
     assert "| rag: evaluation |" in split and split in capsys.readouterr().out
 

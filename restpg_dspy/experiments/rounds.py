@@ -135,8 +135,16 @@ def write_round_curves(
     if (out / "rounds.json").exists():  # methods run by an earlier invocation keep their curves
         curves = {**json.loads((out / "rounds.json").read_text()), **curves}
         curves = {method: curves[method] for method in methods if method in curves}
-    primary = metric_name(metrics[0])
     (out / "rounds.json").write_text(json.dumps(curves, indent=2))
-    (out / "rounds.md").write_text(curve_table(curves, primary) + "\n")
-    plot_rounds(curves, primary, out / "rounds.png")
-    print(curve_table(curves, primary), flush=True)
+    print(draw_round_curves(out, metric_name(metrics[0])), flush=True)
+
+
+def draw_round_curves(out: Path, metric: str) -> str:
+    """Write ``rounds.md`` and ``rounds.png`` of ``metric`` from the curves in ``out/rounds.json``; return the table.
+
+    ``restpg report`` on a table run draws them again, so a figure follows the plotting code of the day.
+    """
+    curves = json.loads((out / "rounds.json").read_text())
+    (out / "rounds.md").write_text(curve_table(curves, metric) + "\n")
+    plot_rounds(curves, metric, out / "rounds.png")
+    return curve_table(curves, metric)
