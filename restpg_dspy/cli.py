@@ -325,7 +325,7 @@ def run_report(run_dir: str) -> None:
         for metric in metrics:
             print(f"wrote {plot_scores(results, metric, path / f'scores_{metric}.png')}")
         for curves in sorted(path.glob("*/rounds.json")):
-            draw_round_curves(curves.parent, metrics[0])
+            draw_round_curves(json.loads(curves.read_text()), metrics[0], curves.parent)
             print(f"wrote {curves.parent / 'rounds.png'}")
         for history in sorted(path.glob("*/*/history.json")):
             report_compile_run(history.parent)

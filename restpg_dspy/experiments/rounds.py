@@ -136,15 +136,15 @@ def write_round_curves(
         curves = {**json.loads((out / "rounds.json").read_text()), **curves}
         curves = {method: curves[method] for method in methods if method in curves}
     (out / "rounds.json").write_text(json.dumps(curves, indent=2))
-    print(draw_round_curves(out, metric_name(metrics[0])), flush=True)
+    print(draw_round_curves(curves, metric_name(metrics[0]), out), flush=True)
 
 
-def draw_round_curves(out: Path, metric: str) -> str:
-    """Write ``rounds.md`` and ``rounds.png`` of ``metric`` from the curves in ``out/rounds.json``; return the table.
+def draw_round_curves(curves: Curves, metric: str, out: Path) -> str:
+    """Write ``rounds.md`` and ``rounds.png`` of ``metric`` in ``out``; return the table.
 
-    ``restpg report`` on a table run draws them again, so a figure follows the plotting code of the day.
+    ``restpg report`` on a table run draws them again from ``rounds.json``, so a figure follows today's plotting code.
     """
-    curves = json.loads((out / "rounds.json").read_text())
-    (out / "rounds.md").write_text(curve_table(curves, metric) + "\n")
+    table = curve_table(curves, metric)
+    (out / "rounds.md").write_text(table + "\n")
     plot_rounds(curves, metric, out / "rounds.png")
-    return curve_table(curves, metric)
+    return table
