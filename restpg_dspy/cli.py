@@ -310,6 +310,7 @@ def run_notes(args: argparse.Namespace) -> None:
 def run_report(run_dir: str) -> None:
     from restpg_dspy.evals.report import markdown_table, plot_scores, time_split_table
     from restpg_dspy.experiments.rounds import draw_round_curves
+    from restpg_dspy.experiments.table import report_subsets
     from restpg_dspy.experiments.timings import time_split
     from restpg_dspy.optimizers.report import report_compile_run
 
@@ -322,6 +323,9 @@ def run_report(run_dir: str) -> None:
         metrics = list(next(iter(next(iter(results.values())).values())))
         (path / "table.md").write_text(markdown_table(results, metrics) + "\n")
         print((path / "table.md").read_text())
+        subsets = report_subsets(path)
+        if subsets:
+            print(subsets.read_text())
         for metric in metrics:
             print(f"wrote {plot_scores(results, metric, path / f'scores_{metric}.png')}")
         for curves in sorted(path.glob("*/rounds.json")):

@@ -5,6 +5,8 @@ import pytest
 
 import restpg_dspy
 from restpg_dspy.cli import TruncationCounter, build_parser, main
+from restpg_dspy.experiments.config import TableConfig
+from restpg_dspy.experiments.table import load_task
 
 
 @pytest.fixture
@@ -67,9 +69,20 @@ def test_table_command_prints_the_table(tiny_config, tmp_path, capsys):
         assert stats["n"] == 6 and stats["ci_low"] <= stats["mean"] <= stats["ci_high"]
         row = f"| {method} | {stats['mean']:.4f} [{stats['ci_low']:.4f}, {stats['ci_high']:.4f}] |"
         assert row in out and row in (run / "table.md").read_text()
+    # Each method's means on the seen and the held-out evidence wordings, beside the table.
+    _, testset = load_task("synthetic", TableConfig.from_file(tiny_config))
+    held_out = {e.id for e in testset if e.wording == "held_out"}
+    assert held_out and len(held_out) < len(testset)
+    rows = [json.loads(line) for line in (run / "synthetic" / "rag.predictions.jsonl").read_text().splitlines()]
+    mean = sum(r["rouge_l"] for r in rows if r["id"] in held_out) / len(held_out)
+    subsets = (run / "subsets.md").read_text()
+    assert "| method | synthetic seen rouge_l | synthetic held_out rouge_l |" in subsets
+    assert "| rag | " in subsets and f"] | {mean:.4f} [" in subsets.split("| rag | ")[1]
+    (run / "subsets.md").unlink()
     stage = {"val": {"rouge_l": {"mean": 0.5, "ci_low": 0.25, "ci_high": 0.75}}}
     (run / "synthetic" / "rounds.json").write_text(json.dumps({"rest-pg": {"sft": stage, "round_1": stage}}))
     assert main(["report", str(run)]) == 0
+    assert (run / "subsets.md").read_text() == subsets  # written again from the config and the predictions
     assert "| rest-pg | round_1 | 0.500 [0.250, 0.750] |" in (run / "synthetic" / "rounds.md").read_text()
     assert (run / "synthetic" / "rounds.png").stat().st_size > 0
     split = (run / "synthetic" / "timings.md").read_text()

@@ -175,6 +175,52 @@ def wording_subsets(testset: list[dspy.Example]) -> dict[str, set[str] | None]:
     return subsets
 
 
+def subset_results(
+    rows: dict[str, list[dict[str, Any]]], metrics: list[str], subsets: dict[str, set[str] | None], slug: str
+) -> dict[str, dict[str, Any]]:
+    """Each method's summary on each named subset but ``all`` (the table has that), keyed as the table's tasks are:
+    ``results[method][f"{slug} {subset}"]``, so :func:`~restpg_dspy.evals.report.markdown_table` renders it."""
+    from restpg_dspy.evals.evaluate import EvaluationResult
+
+    return {
+        method: {
+            f"{slug} {subset}": EvaluationResult("", [r for r in method_rows if str(r["id"]) in ids], metrics).summary()
+            for subset, ids in subsets.items()
+            if ids is not None
+        }
+        for method, method_rows in rows.items()
+        if any(ids is not None for ids in subsets.values())
+    }
+
+
+def write_subset_table(root: Path, results: dict[str, dict[str, Any]], metrics: list[str]) -> Path | None:
+    """``subsets.md``: every method's means on seen and held-out wordings, where the tasks have them."""
+    from restpg_dspy.evals.report import markdown_table
+
+    if not results:
+        return None
+    (root / "subsets.md").write_text(markdown_table(results, metrics) + "\n")
+    return root / "subsets.md"
+
+
+def report_subsets(root: Path) -> Path | None:
+    """Write ``subsets.md`` of a finished table run from its ``config.json`` and predictions files (synthetic tasks
+    only: they are generated again from the config, where a LongLaMP file may not be on this machine)."""
+    from restpg_dspy.evals.paired import read_rows
+
+    config = TableConfig.from_file(root / "config.json")
+    metrics = list(config.metrics)
+    methods = json.loads((root / "results.json").read_text())  # the table's rows, in its order
+    results: dict[str, dict[str, Any]] = {}
+    for task in (t for t in config.tasks if t == "synthetic"):
+        _, testset = load_task(task, config)
+        files = {method: root / task / f"{method}.predictions.jsonl" for method in methods}
+        rows = {method: read_rows(path) for method, path in files.items() if path.exists()}
+        for method, by_subset in subset_results(rows, metrics, wording_subsets(testset), task).items():
+            results.setdefault(method, {}).update(by_subset)
+    return write_subset_table(root, results, metrics)
+
+
 def comparison_units(testset: list[dspy.Example]) -> dict[str, Any]:
     """What paired comparisons resample: ``users`` and, where examples say which evidence sentence their answer
     hinges on (``fact`` and ``traits["wording"]``), ``wordings``: generalising to a held-out wording is decided
@@ -230,6 +276,7 @@ def run_table(config: TableConfig, only: list[str] | None = None) -> dict[str, d
     metric_names = [metric_name(m) for m in metrics]
     results: dict[str, dict[str, Any]] = {}
     differences: dict[str, list[dict[str, Any]]] = {}
+    by_wording: dict[str, dict[str, Any]] = {}
     for task in config.tasks:
         trainset, testset = load_task(task, config)
         slug = task.split(":")[0] if task == "synthetic" else task.split(":")[1]
@@ -334,9 +381,10 @@ def run_table(config: TableConfig, only: list[str] | None = None) -> dict[str, d
             timings_file.write_text(json.dumps(timings, indent=2))
         alone = [(m, alone_name(config, m)) for m in rows if m in registry.METHODS and registry.METHODS[m].personal_of]
         pairs = [*registry.compared_pairs(rows), *((a, b) for a, b in alone if b in rows)]
-        differences[slug] = paired_differences(
-            rows, pairs, metric_names, wording_subsets(testset), comparison_units(testset)
-        )
+        subsets = wording_subsets(testset)
+        differences[slug] = paired_differences(rows, pairs, metric_names, subsets, comparison_units(testset))
+        for method, by_subset in subset_results(rows, metric_names, subsets, slug).items():
+            by_wording.setdefault(method, {}).update(by_subset)
     (root / "results.json").write_text(json.dumps(results, indent=2))
     (root / "paired.json").write_text(json.dumps(differences, indent=2))
     (root / "paired.md").write_text(
@@ -345,6 +393,7 @@ def run_table(config: TableConfig, only: list[str] | None = None) -> dict[str, d
     # Beside the metrics, the share of predictions cut off by their token budget (where the predictions say).
     truncation = [TRUNCATION] if any(TRUNCATION in s for by_task in results.values() for s in by_task.values()) else []
     (root / "table.md").write_text(markdown_table(results, [*metric_names, *truncation]) + "\n")
+    write_subset_table(root, by_wording, metric_names)
     for name in metric_names:
         plot_scores(results, name, root / f"scores_{name}.png")
     return results
