@@ -308,6 +308,7 @@ def run_notes(args: argparse.Namespace) -> None:
 
 
 def run_report(run_dir: str) -> None:
+    from restpg_dspy.evals.evaluate import TRUNCATION
     from restpg_dspy.evals.report import markdown_table, plot_scores, time_split_table
     from restpg_dspy.experiments.rounds import draw_round_curves
     from restpg_dspy.experiments.table import report_subsets
@@ -323,7 +324,7 @@ def run_report(run_dir: str) -> None:
         metrics = list(next(iter(next(iter(results.values())).values())))
         (path / "table.md").write_text(markdown_table(results, metrics) + "\n")
         print((path / "table.md").read_text())
-        subsets = report_subsets(path)
+        subsets = report_subsets(path, results, [m for m in metrics if m != TRUNCATION])
         if subsets:
             print(subsets.read_text())
         for metric in metrics:

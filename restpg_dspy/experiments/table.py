@@ -182,14 +182,15 @@ def subset_results(
     ``results[method][f"{slug} {subset}"]``, so :func:`~restpg_dspy.evals.report.markdown_table` renders it."""
     from restpg_dspy.evals.evaluate import EvaluationResult
 
+    named = {subset: ids for subset, ids in subsets.items() if ids is not None}
+    if not named:
+        return {}
     return {
         method: {
             f"{slug} {subset}": EvaluationResult("", [r for r in method_rows if str(r["id"]) in ids], metrics).summary()
-            for subset, ids in subsets.items()
-            if ids is not None
+            for subset, ids in named.items()
         }
         for method, method_rows in rows.items()
-        if any(ids is not None for ids in subsets.values())
     }
 
 
@@ -203,22 +204,21 @@ def write_subset_table(root: Path, results: dict[str, dict[str, Any]], metrics: 
     return root / "subsets.md"
 
 
-def report_subsets(root: Path) -> Path | None:
-    """Write ``subsets.md`` of a finished table run from its ``config.json`` and predictions files (synthetic tasks
-    only: they are generated again from the config, where a LongLaMP file may not be on this machine)."""
+def report_subsets(root: Path, results: dict[str, dict[str, Any]], metrics: list[str]) -> Path | None:
+    """Write ``subsets.md`` of a finished table run (``results``, its ``results.json``, gives the methods in order
+    and ``metrics`` their names) from its ``config.json`` and predictions files; synthetic tasks only: they are
+    generated again from the config, where a LongLaMP file may not be on this machine."""
     from restpg_dspy.evals.paired import read_rows
 
     config = TableConfig.from_file(root / "config.json")
-    metrics = list(config.metrics)
-    methods = json.loads((root / "results.json").read_text())  # the table's rows, in its order
-    results: dict[str, dict[str, Any]] = {}
+    by_wording: dict[str, dict[str, Any]] = {}
     for task in (t for t in config.tasks if t == "synthetic"):
         _, testset = load_task(task, config)
-        files = {method: root / task / f"{method}.predictions.jsonl" for method in methods}
+        files = {method: root / task / f"{method}.predictions.jsonl" for method in results}
         rows = {method: read_rows(path) for method, path in files.items() if path.exists()}
         for method, by_subset in subset_results(rows, metrics, wording_subsets(testset), task).items():
-            results.setdefault(method, {}).update(by_subset)
-    return write_subset_table(root, results, metrics)
+            by_wording.setdefault(method, {}).update(by_subset)
+    return write_subset_table(root, by_wording, metrics)
 
 
 def comparison_units(testset: list[dspy.Example]) -> dict[str, Any]:
