@@ -145,3 +145,23 @@ def test_the_longlamp_configs_list_the_hash_split_and_differ_only_in_their_teach
         loaded = [e.id for e in load_longlamp("abstract_generation", split, path=shared_sample, split_by_hash=True)]
         assert listed == loaded, split
     assert {"rouge_1", "rouge_l", "meteor", "loop_rate"} <= set(evidence.metrics) and "reference" in evidence.methods
+
+
+@pytest.mark.parametrize(
+    ("personal_file", "source_file"),
+    [
+        ("personal/synthetic.yaml", "selection/noisy.yaml"),
+        ("personal/synthetic_no_profile.yaml", "selection/noisy.yaml"),
+        ("personal/longlamp.yaml", "longlamp_abstract.yaml"),
+    ],
+)
+def test_personal_configs_reuse_their_source_experiments_compile_runs(personal_file, source_file):
+    from restpg_dspy.experiments import TableConfig
+    from restpg_dspy.experiments.table import compile_dir
+
+    personal = TableConfig.from_file(REPO / "configs" / personal_file)
+    source = TableConfig.from_file(REPO / "configs" / source_file)
+    assert personal.shared_dir == source.shared_dir and personal.personal
+    slug = "synthetic" if personal.tasks == ["synthetic"] else "abstract_generation"
+    for method in ("sft", "rest-pg"):
+        assert compile_dir(personal, slug, method) == compile_dir(source, slug, method), method
