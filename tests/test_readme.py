@@ -157,11 +157,12 @@ def test_the_longlamp_configs_list_the_hash_split_and_differ_only_in_their_teach
 )
 def test_personal_configs_reuse_their_source_experiments_compile_runs(personal_file, source_file):
     from restpg_dspy.experiments import TableConfig
-    from restpg_dspy.experiments.table import compile_dir
+    from restpg_dspy.experiments.table import compile_dir, task_slug
 
     personal = TableConfig.from_file(REPO / "configs" / personal_file)
     source = TableConfig.from_file(REPO / "configs" / source_file)
     assert personal.shared_dir == source.shared_dir and personal.personal
-    slug = "synthetic" if personal.tasks == ["synthetic"] else "abstract_generation"
+    assert personal.tasks == source.tasks
+    slug = task_slug(personal.tasks[0])
     for method in ("sft", "rest-pg"):
         assert compile_dir(personal, slug, method) == compile_dir(source, slug, method), method

@@ -84,6 +84,7 @@ def calibrate(
         load_task,
         load_val,
         report_metrics,
+        task_slug,
         task_student,
     )
     from restpg_dspy.optimizers import RESTPG
@@ -99,7 +100,7 @@ def calibrate(
     entry = results.setdefault(config.run_dir, {}).setdefault(method, {}).setdefault(rule, {"trials": {}})
     student, _, judge = config_lms(config)
     task = config.tasks[0]
-    slug = task if task == "synthetic" else task.split(":")[1]
+    slug = task_slug(task)
     trainset, _ = load_task(task, config)
     valset = load_val(task, config)
     metrics = report_metrics(config, judge)

@@ -32,6 +32,16 @@ from restpg_dspy.experiments.config import TableConfig
 from restpg_dspy.experiments.personal import alone_name, personal_dir, personalize, with_user_input
 
 
+def task_slug(spec: str) -> str:
+    """The folder a task spec's runs and results live in: ``synthetic``, or the LongLaMP task's name.
+
+    Example:
+        >>> task_slug("longlamp:abstract_generation:data/{split}.jsonl")
+        'abstract_generation'
+    """
+    return spec if spec == "synthetic" else spec.split(":")[1]
+
+
 def load_task(spec: str, config: TableConfig) -> tuple[list[dspy.Example], list[dspy.Example]]:
     """Train and test examples of one task spec, sized as ``config`` says."""
     return registry.load_task(
@@ -279,7 +289,7 @@ def run_table(config: TableConfig, only: list[str] | None = None) -> dict[str, d
     by_wording: dict[str, dict[str, Any]] = {}
     for task in config.tasks:
         trainset, testset = load_task(task, config)
-        slug = task.split(":")[0] if task == "synthetic" else task.split(":")[1]
+        slug = task_slug(task)
         out = root / slug
         out.mkdir(parents=True, exist_ok=True)
         rows: dict[str, list[dict[str, Any]]] = {}
