@@ -262,6 +262,8 @@ def test_personal_rows_add_an_adapter_per_test_user_to_the_compiled_method(tmp_p
     rows = [json.loads(line) for line in (out / "sft+personal.predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 12 and all(row["personal"] for row in rows)  # every test prediction, by its user's adapter
     assert len(count_trainings) == 1 + 4  # SFT once (the personal row reuses its compile), then each user
+    costs = (tmp_path / "table" / "personal.md").read_text().splitlines()[2]
+    assert costs.startswith("| synthetic | sft+personal | 4 of 4 |") and costs.endswith("| 12 of 12 |")
     paired = json.loads((tmp_path / "table" / "paired.json").read_text())["synthetic"]
     assert any(entry["better"] == "sft+personal" and entry["worse"] == "sft" for entry in paired)
     assert set(results) == {"sft", "sft+personal"}

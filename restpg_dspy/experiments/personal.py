@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import statistics
 from pathlib import Path
 
 import dspy
@@ -54,3 +55,63 @@ def alone_name(config: TableConfig, method: str) -> str:
 def with_user_input(examples: list[dspy.Example]) -> list[dspy.Example]:
     """The examples with ``user_id`` among their inputs (a routed program picks the user's adapter by it)."""
     return [e.with_inputs(*e._input_keys, "user_id") for e in examples]
+
+
+def personal_costs_table(root: Path) -> str | None:
+    """What the table's personal adapters cost and served, from each task folder's ``<method>.users.jsonl`` and
+    ``<method>.predictions.jsonl`` (``None`` when no row has personal adapters).
+
+    Columns: users with an adapter of all users; profile rows per user; per user, the wall seconds to make their rows
+    and train their adapter (median) and the published adapter's size on disk (median); the training time of all
+    users; the test predictions a personal adapter served, of all.
+
+    Example:
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> (root / "t").mkdir()
+        >>> seconds = {"a": 30, "b": 50}
+        >>> users = [{"user_id": u, "rows": 4, "runtime_s": s, "adapter_bytes": 2**21} for u, s in seconds.items()]
+        >>> _ = (root / "t" / "sft+personal.users.jsonl").write_text("".join(json.dumps(u) + "\\n" for u in users))
+        >>> print(personal_costs_table(root))
+        | task | method | adapters | rows/user | s/user (median) | in all | MiB/adapter | personal predictions |
+        |---|---|---|---|---|---|---|---|
+        | t | sft+personal | 2 of 2 | 4.0 | 40.0 | 1.3 min | 2.0 | not evaluated |
+    """
+    from restpg_dspy.evals.paired import read_rows
+    from restpg_dspy.files import read_json_lines
+
+    lines = []
+    for log in sorted(root.glob("*/*.users.jsonl")):
+        method = log.name.removesuffix(".users.jsonl")
+        users = read_json_lines(log, "personal adapters' log")
+        trained = [u for u in users if u.get("adapter_bytes")]
+        seconds = [u["runtime_s"] for u in trained]
+        predictions = log.with_name(f"{method}.predictions.jsonl")
+        served = "not evaluated"
+        if predictions.exists():
+            rows = read_rows(predictions)
+            served = f"{sum(bool(row.get('personal')) for row in rows)} of {len(rows)}"
+        cells = [
+            log.parent.name,
+            method,
+            f"{len(trained)} of {len(users)}",
+            f"{statistics.fmean(u['rows'] for u in users):.1f}" if users else "-",
+            f"{statistics.median(seconds):.1f}" if seconds else "-",
+            f"{sum(seconds) / 60:.1f} min",
+            f"{statistics.median(u['adapter_bytes'] for u in trained) / 2**20:.1f}" if trained else "-",
+            served,
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    if not lines:
+        return None
+    header = [
+        "task",
+        "method",
+        "adapters",
+        "rows/user",
+        "s/user (median)",
+        "in all",
+        "MiB/adapter",
+        "personal predictions",
+    ]
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *lines])

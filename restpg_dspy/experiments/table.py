@@ -29,7 +29,13 @@ import dspy
 from restpg_dspy.errors import UsageError
 from restpg_dspy.experiments import registry
 from restpg_dspy.experiments.config import TableConfig
-from restpg_dspy.experiments.personal import alone_name, personal_dir, personalize, with_user_input
+from restpg_dspy.experiments.personal import (
+    alone_name,
+    personal_costs_table,
+    personal_dir,
+    personalize,
+    with_user_input,
+)
 
 
 def task_slug(spec: str) -> str:
@@ -404,6 +410,9 @@ def run_table(config: TableConfig, only: list[str] | None = None) -> dict[str, d
     truncation = [TRUNCATION] if any(TRUNCATION in s for by_task in results.values() for s in by_task.values()) else []
     (root / "table.md").write_text(markdown_table(results, [*metric_names, *truncation]) + "\n")
     write_subset_table(root, by_wording, metric_names)
+    costs = personal_costs_table(root)
+    if costs:
+        (root / "personal.md").write_text(costs + "\n")
     for name in metric_names:
         plot_scores(results, name, root / f"scores_{name}.png")
     return results
