@@ -263,7 +263,8 @@ def test_personal_rows_add_an_adapter_per_test_user_to_the_compiled_method(tmp_p
     assert len(rows) == 12 and all(row["personal"] for row in rows)  # every test prediction, by its user's adapter
     assert len(count_trainings) == 1 + 4  # SFT once (the personal row reuses its compile), then each user
     costs = (tmp_path / "table" / "personal.md").read_text().splitlines()[2]
-    assert costs.startswith("| synthetic | sft+personal | 4 of 4 |") and costs.endswith("| 12 of 12 |")
+    assert costs.startswith("| synthetic | sft+personal | 4 of 4 |") and "| 12 of 12 |" in costs
+    assert costs.endswith(f"| {changed_responses(out, 'sft')} of 12 |")  # the responses the adapters changed
     paired = json.loads((tmp_path / "table" / "paired.json").read_text())["synthetic"]
     assert any(entry["better"] == "sft+personal" and entry["worse"] == "sft" for entry in paired)
     assert set(results) == {"sft", "sft+personal"}
@@ -273,5 +274,16 @@ def test_personal_rows_add_an_adapter_per_test_user_to_the_compiled_method(tmp_p
     assert set(results) == {"sft", "sft+personal", "sft@k0"}
     paired = json.loads((tmp_path / "table" / "paired.json").read_text())["synthetic"]
     assert any(entry["better"] == "sft+personal" and entry["worse"] == "sft@k0" for entry in paired)
+    costs = (tmp_path / "table" / "personal.md").read_text().splitlines()[2]
+    assert costs.endswith(f"| {changed_responses(out, 'sft@k0')} of 12 |")  # against the program alone at k=0
     with pytest.raises(ValueError, match=r"personal: unknown settings \['epochs'\]"):
         TableConfig(personal={"epochs": 3})
+
+
+def changed_responses(out, compared: str) -> int:
+    """How many of ``sft+personal``'s test responses differ from ``compared``'s."""
+    responses = {}
+    for method in (compared, "sft+personal"):
+        lines = (out / f"{method}.predictions.jsonl").read_text().splitlines()
+        responses[method] = {row["id"]: row["response"] for row in map(json.loads, lines)}
+    return sum(text != responses[compared][i] for i, text in responses["sft+personal"].items())

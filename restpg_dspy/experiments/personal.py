@@ -57,13 +57,14 @@ def with_user_input(examples: list[dspy.Example]) -> list[dspy.Example]:
     return [e.with_inputs(*e._input_keys, "user_id") for e in examples]
 
 
-def personal_costs_table(root: Path) -> str | None:
+def personal_costs_table(root: Path, config: TableConfig) -> str | None:
     """What the table's personal adapters cost and served, from each task folder's ``<method>.users.jsonl`` and
     ``<method>.predictions.jsonl`` (``None`` when no row has personal adapters).
 
     Columns: users with an adapter of all users; profile rows per user; per user, the wall seconds to make their rows
     and train their adapter (median) and the published adapter's size on disk (median); the training time of all
-    users; the test predictions a personal adapter served, of all.
+    users; the test predictions a personal adapter served, of all; the test responses that differ from those of the
+    row it is compared with (the compiled program alone at the personal ``k``, or the compiled method), of all.
 
     Example:
         >>> import tempfile
@@ -72,10 +73,10 @@ def personal_costs_table(root: Path) -> str | None:
         >>> seconds = {"a": 30, "b": 50}
         >>> users = [{"user_id": u, "rows": 4, "runtime_s": s, "adapter_bytes": 2**21} for u, s in seconds.items()]
         >>> _ = (root / "t" / "sft+personal.users.jsonl").write_text("".join(json.dumps(u) + "\\n" for u in users))
-        >>> print(personal_costs_table(root))
-        | task | method | adapters | rows/user | s/user (median) | in all | MiB/adapter | personal predictions |
-        |---|---|---|---|---|---|---|---|
-        | t | sft+personal | 2 of 2 | 4.0 | 40.0 | 1.3 min | 2.0 | not evaluated |
+        >>> print(personal_costs_table(root, TableConfig()))
+        | task | method | adapters | rows/user | median s/user | in all | MiB/adapter | personal predictions | changed |
+        |---|---|---|---|---|---|---|---|---|
+        | t | sft+personal | 2 of 2 | 4.0 | 40.0 | 1.3 min | 2.0 | not evaluated | not evaluated |
     """
     from restpg_dspy.evals.paired import read_rows
     from restpg_dspy.files import read_json_lines
@@ -87,10 +88,17 @@ def personal_costs_table(root: Path) -> str | None:
         trained = [u for u in users if u.get("adapter_bytes")]
         seconds = [u["runtime_s"] for u in trained]
         predictions = log.with_name(f"{method}.predictions.jsonl")
-        served = "not evaluated"
+        served = changed = "not evaluated"
         if predictions.exists():
             rows = read_rows(predictions)
             served = f"{sum(bool(row.get('personal')) for row in rows)} of {len(rows)}"
+            compared = log.with_name(f"{alone_name(config, method)}.predictions.jsonl")
+            if not compared.exists():
+                compared = log.with_name(f"{registry.METHODS[method].personal_of}.predictions.jsonl")
+            if compared.exists():
+                before = {row["id"]: row.get("response") for row in read_rows(compared)}
+                both = [row for row in rows if row["id"] in before]
+                changed = f"{sum(row.get('response') != before[row['id']] for row in both)} of {len(both)}"
         cells = [
             log.parent.name,
             method,
@@ -100,6 +108,7 @@ def personal_costs_table(root: Path) -> str | None:
             f"{sum(seconds) / 60:.1f} min",
             f"{statistics.median(u['adapter_bytes'] for u in trained) / 2**20:.1f}" if trained else "-",
             served,
+            changed,
         ]
         lines.append("| " + " | ".join(cells) + " |")
     if not lines:
@@ -109,9 +118,10 @@ def personal_costs_table(root: Path) -> str | None:
         "method",
         "adapters",
         "rows/user",
-        "s/user (median)",
+        "median s/user",
         "in all",
         "MiB/adapter",
         "personal predictions",
+        "changed",
     ]
     return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *lines])

@@ -410,7 +410,7 @@ def run_table(config: TableConfig, only: list[str] | None = None) -> dict[str, d
     truncation = [TRUNCATION] if any(TRUNCATION in s for by_task in results.values() for s in by_task.values()) else []
     (root / "table.md").write_text(markdown_table(results, [*metric_names, *truncation]) + "\n")
     write_subset_table(root, by_wording, metric_names)
-    costs = personal_costs_table(root)
+    costs = personal_costs_table(root, config)
     if costs:
         (root / "personal.md").write_text(costs + "\n")
     for name in metric_names:
