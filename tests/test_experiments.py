@@ -253,7 +253,9 @@ def test_choice_rules_follow_their_definitions():
     assert choose_room({4: (0.8, 0.3), 2: (0.5, 0.9)}, max_val=0.9, min_spread=0.25) == 4
 
 
-def test_personal_rows_add_an_adapter_per_test_user_to_the_compiled_method(tmp_path, tiny_model_dir, count_trainings):
+def test_personal_rows_add_an_adapter_per_test_user_to_the_compiled_method(
+    tmp_path, tiny_model_dir, count_trainings, capsys
+):
     config = tiny(tmp_path, tiny_model_dir, methods=["sft", "sft+personal"], personal={"num_train_epochs": 1})
     results = run_table(config)
     out = tmp_path / "table" / "synthetic"
@@ -272,6 +274,7 @@ def test_personal_rows_add_an_adapter_per_test_user_to_the_compiled_method(tmp_p
     config.personal = {"num_train_epochs": 1, "k": 0}
     results = run_table(config, only=["sft+personal"])
     assert set(results) == {"sft", "sft+personal", "sft@k0"}
+    assert "[synthetic] sft@k0: option_accuracy=" in capsys.readouterr().out  # its scores are printed too
     paired = json.loads((tmp_path / "table" / "paired.json").read_text())["synthetic"]
     assert any(entry["better"] == "sft+personal" and entry["worse"] == "sft@k0" for entry in paired)
     costs = (tmp_path / "table" / "personal.md").read_text().splitlines()[2]

@@ -260,6 +260,12 @@ def curve_sets(config: TableConfig, task: str, testset: list[dspy.Example]) -> d
     return sets
 
 
+def print_scores(slug: str, method: str, summary: dict[str, dict[str, Any]]) -> None:
+    """One line of a row's mean scores on a task, as the table goes."""
+    scores = "  ".join(f"{name}={stats['mean']:.4f}" for name, stats in summary.items())
+    print(f"[{slug}] {method}: {scores}", flush=True)
+
+
 def run_table(config: TableConfig, only: list[str] | None = None) -> dict[str, dict[str, Any]]:
     """Compile and evaluate every method on every task; write ``results.json``, ``table.md`` and plots.
 
@@ -364,6 +370,7 @@ def run_table(config: TableConfig, only: list[str] | None = None) -> dict[str, d
                         alone_result.to_jsonl(out / f"{name}.predictions.jsonl")
                         rows[name] = alone_result.rows
                         results.setdefault(name, {})[slug] = alone_result.summary()
+                        print_scores(slug, name, alone_result.summary())
                 else:
                     compiled[method] = program
                 runs[method] = str(run_dir)
@@ -385,8 +392,7 @@ def run_table(config: TableConfig, only: list[str] | None = None) -> dict[str, d
             summary = result.summary()
             rows[method] = result.rows
             results.setdefault(method, {})[slug] = summary
-            scores = "  ".join(f"{name}={stats['mean']:.4f}" for name, stats in summary.items())
-            print(f"[{slug}] {method}: {scores}", flush=True)
+            print_scores(slug, method, summary)
             (root / "results.json").write_text(json.dumps(results, indent=2))
         if config.round_curves and compiled:
             started = time.perf_counter()
