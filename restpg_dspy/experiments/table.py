@@ -369,8 +369,8 @@ def run_table(config: TableConfig, only: list[str] | None = None) -> dict[str, d
                         )
                         alone_result.to_jsonl(out / f"{name}.predictions.jsonl")
                         rows[name] = alone_result.rows
-                        results.setdefault(name, {})[slug] = alone_result.summary()
-                        print_scores(slug, name, alone_result.summary())
+                        results.setdefault(name, {})[slug] = alone_summary = alone_result.summary()
+                        print_scores(slug, name, alone_summary)
                 else:
                     compiled[method] = program
                 runs[method] = str(run_dir)
